@@ -1,0 +1,107 @@
+"""Configuration of the InstrAction model: backbone towers, Action Perceiver, MAM decoder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+VIDEO_TOWERS = ["conv3d", "vit"]
+
+
+@dataclass
+class VideoTowerConfig:
+    kind: str = "conv3d"
+    """conv3d: fast-learning 3D-conv stem that keeps the time axis (tiny default);
+    vit: ViCLIP-style joint space-time transformer (Conv3d (1,p,p) patches), tiny to B/16."""
+    width: int = 64
+    """Channel width C of the emitted tokens [B,T,P,C]."""
+    layers: int = 3
+    """conv3d: 3D conv blocks; vit: transformer blocks."""
+    heads: int = 4
+    patch_size: int = 4
+    """vit: spatial patch side; conv3d: total spatial stride."""
+    image_size: int = 32
+    num_frames: int = 8
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+
+    def validate(self, path: str) -> None:
+        from instraction.config import ConfigError, check_choice
+
+        check_choice(f"{path}.kind", self.kind, VIDEO_TOWERS)
+        if self.image_size % self.patch_size:
+            raise ConfigError(f"{path}.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        if self.kind == "vit" and self.width % self.heads:
+            raise ConfigError(f"{path}.width={self.width} is not a multiple of heads={self.heads}")
+
+
+@dataclass
+class TextTowerConfig:
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    context_length: int = 32
+    """Longest token sequence (positional embeddings)."""
+    vocab_size: int = 0
+    """0: taken from the tokenizer at build time."""
+    mlp_ratio: float = 4.0
+
+    def validate(self, path: str) -> None:
+        from instraction.config import ConfigError
+
+        if self.width % self.heads:
+            raise ConfigError(f"{path}.width={self.width} is not a multiple of heads={self.heads}")
+
+
+@dataclass
+class PerceiverConfig:
+    """Action Perceiver (Sec. 4.1): K latents cross-attend to the video tokens within a temporal band."""
+
+    num_latents: int = 8
+    """K: action tokens per clip."""
+    window: int = 1
+    """Frames of slack on each side of a latent's own temporal span (DESIGN.md band)."""
+    layers: int = 1
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    attention_backend: str = "auto"
+    """kernels.banded_cross_attention backend: auto | torch | triton."""
+
+
+@dataclass
+class DecoderConfig:
+    """MAM multimodal decoder (Sec. 4.3): causal self-attention then cross-attention to the action tokens."""
+
+    layers: int = 1
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class PretrainedConfig:
+    path: Optional[str] = None
+    """A HF CLIP checkpoint directory or a ViCLIP .pth file; None trains from scratch."""
+    format: str = "auto"
+    """auto | hf_clip | viclip."""
+    freeze_text: bool = False
+    freeze_video: bool = False
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 64
+    """Joint video-text embedding size."""
+    video: VideoTowerConfig = field(default_factory=VideoTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    """The learnable temperature is clamped so that 1/T <= max_logit_scale (CLIP)."""
+
+    def validate(self, path: str) -> None:
+        from instraction.config import check_choice
+
+        check_choice(f"{path}.pretrained.format", self.pretrained.format, ["auto", "hf_clip", "viclip"])
+        check_choice(f"{path}.perceiver.attention_backend", self.perceiver.attention_backend, ["auto", "torch", "triton"])

@@ -1,0 +1,33 @@
+"""Shared fixtures. Run everything with `python -m pytest`; only the fast unit tests with `-m "not integration"`."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Triton kernels run in the interpreter on this CPU-only machine; must be set before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (2 cores: keep num_cpus small)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    # left running for the other tests; Ray shuts down at interpreter exit
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from instraction.config import load_config
+
+    return load_config(None, [])
