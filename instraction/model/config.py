@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 VIDEO_TOWERS = ["conv3d", "vit"]
+ACTIVATIONS = ["gelu", "quick_gelu"]
 
 
 @dataclass
@@ -24,15 +25,35 @@ class VideoTowerConfig:
     num_frames: int = 8
     mlp_ratio: float = 4.0
     drop_path: float = 0.0
+    """vit: stochastic-depth rate, rising linearly to this value over the blocks."""
+    activation: str = "gelu"
+    """vit MLP activation: gelu | quick_gelu (OpenAI CLIP / ViCLIP; a loader switches to the checkpoint's)."""
+    output_dim: int = 0
+    """vit: >0 adds CLIP's ``proj`` [width, output_dim] (kept for checkpoints; ``tower.project(pooled)``)."""
+    grad_checkpointing: bool = False
+    """vit: recompute each block in backward (torch.utils.checkpoint) to save activation memory."""
+
+    @classmethod
+    def viclip_b16(cls, num_frames: int = 8) -> "VideoTowerConfig":
+        """InternVideo ViCLIP-B/16: OpenAI-CLIP ViT-B/16 with joint space-time attention over 8 frames."""
+        return cls(kind="vit", width=768, layers=12, heads=12, patch_size=16, image_size=224,
+                   num_frames=num_frames, activation="quick_gelu", output_dim=512)
 
     def validate(self, path: str) -> None:
         from instraction.config import ConfigError, check_choice
 
         check_choice(f"{path}.kind", self.kind, VIDEO_TOWERS)
+        check_choice(f"{path}.activation", self.activation, ACTIVATIONS)
         if self.image_size % self.patch_size:
             raise ConfigError(f"{path}.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
         if self.kind == "vit" and self.width % self.heads:
             raise ConfigError(f"{path}.width={self.width} is not a multiple of heads={self.heads}")
+        if self.kind == "conv3d":
+            halvings = self.patch_size.bit_length() - 1
+            if self.patch_size != 1 << halvings:
+                raise ConfigError(f"{path}.patch_size={self.patch_size} must be a power of two for kind=conv3d")
+            if halvings > self.layers:
+                raise ConfigError(f"{path}.layers={self.layers} < log2(patch_size)={halvings} strided blocks (conv3d)")
 
 
 @dataclass
@@ -45,10 +66,23 @@ class TextTowerConfig:
     vocab_size: int = 0
     """0: taken from the tokenizer at build time."""
     mlp_ratio: float = 4.0
+    activation: str = "gelu"
+    """MLP activation: gelu | quick_gelu (OpenAI CLIP / ViCLIP; a loader switches to the checkpoint's)."""
+    output_dim: int = 0
+    """>0 adds CLIP's ``text_projection`` [width, output_dim] (kept for checkpoints; ``tower.project(pooled)``)."""
+    grad_checkpointing: bool = False
+    """Recompute each block in backward to save activation memory."""
+
+    @classmethod
+    def viclip_b16(cls) -> "TextTowerConfig":
+        """ViCLIP-B/16 text encoder: OpenAI CLIP's 12-layer 512-wide causal transformer, 32 tokens."""
+        return cls(width=512, layers=12, heads=8, context_length=32, vocab_size=49408,
+                   activation="quick_gelu", output_dim=512)
 
     def validate(self, path: str) -> None:
-        from instraction.config import ConfigError
+        from instraction.config import ConfigError, check_choice
 
+        check_choice(f"{path}.activation", self.activation, ACTIVATIONS)
         if self.width % self.heads:
             raise ConfigError(f"{path}.width={self.width} is not a multiple of heads={self.heads}")
 

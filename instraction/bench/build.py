@@ -1,0 +1,152 @@
+"""Build InstrAct Bench (paper Sec. 5) from the annotation table of the held-out split.
+
+    Semantic  10-way MCQ: the caption + 9 verb-altered negatives (exactly bench.semantic_candidates)
+    Logic     MCQ: the caption + 2-3 order-swapped negatives, clips with >= bench.logic_min_actions actions
+    Dynamics  object pools: held-out clips grouped by primary object (>= dynamics_min_pool clips, top-N objects),
+              each pool tagged Ingredients / Processed food / Tools & appliances
+
+The split is by source video (instraction.data.split.is_holdout), so no bench clip shares a key or a source video
+with training; build() checks it and writes the check into the manifest. Output: semantic.parquet, logic.parquet,
+dynamics.parquet and manifest.json under the bench directory.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from instraction import lexicon
+from instraction.bench.config import BenchConfig
+from instraction.data.split import is_holdout
+
+BENCH_VERSION = "1"
+CLIP_COLUMNS = ["key", "shard", "video_key", "video_id", "start", "end"]
+
+
+@dataclass
+class BenchTables:
+    semantic: pd.DataFrame
+    logic: pd.DataFrame
+    dynamics: pd.DataFrame
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def split_annotations(table: pd.DataFrame, bench: BenchConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, holdout) rows of the kept clips, split by source video."""
+    kept = table[table["decision"] == "kept"]
+    held = kept["video_id"].astype(str).map(lambda v: is_holdout(v, bench.holdout_fraction, bench.seed))
+    return kept[~held], kept[held]
+
+
+def _distinct(items, exclude: str) -> list[str]:
+    seen: list[str] = []
+    for item in items if items is not None else []:
+        item = str(item)
+        if item != exclude and item not in seen:
+            seen.append(item)
+    return seen
+
+
+def _mcq_rows(rows: pd.DataFrame, negatives_of, n_neg_min: int, n_neg_max: int, rng: random.Random, skipped: Counter, reason: str):
+    out = []
+    for row in rows.itertuples(index=False):
+        negs = _distinct(negatives_of(row), row.caption)
+        if len(negs) < n_neg_min:
+            skipped[reason] += 1
+            continue
+        negs = negs[:n_neg_max]
+        candidates = [row.caption, *negs]
+        order = list(range(len(candidates)))
+        rng.shuffle(order)
+        shuffled = [candidates[i] for i in order]
+        out.append({**{c: getattr(row, c) for c in CLIP_COLUMNS}, "candidates": shuffled, "answer": order.index(0),
+                    "actions": list(row.actions)})
+    return out
+
+
+def category_of(obj: str, bench: BenchConfig) -> str:
+    return bench.categories.get(obj) or lexicon.OBJECTS.get(obj) or "Other"
+
+
+def build(table: pd.DataFrame, bench: BenchConfig, source: str = "") -> BenchTables:
+    """Build the three tasks from a full annotation table (all shards)."""
+    train, held = split_annotations(table, bench)
+    rng = random.Random(bench.seed)
+    skipped: Counter = Counter()
+    held = held.sort_values("key")
+    n_sem = bench.semantic_candidates - 1
+    semantic = _mcq_rows(held, lambda r: r.verb_altered, n_sem, n_sem, rng, skipped, "semantic_too_few_verb_altered")
+
+    logic_pool = held[held["actions"].map(len) >= bench.logic_min_actions]
+    skipped["logic_too_few_actions"] += len(held) - len(logic_pool)
+    logic = _mcq_rows(logic_pool, lambda r: r.order_swapped, 2, bench.logic_max_negatives, rng, skipped,
+                      "logic_too_few_order_swapped")
+    semantic, logic = semantic[: bench.max_per_task], logic[: bench.max_per_task]
+
+    objects = held["primary_object"].fillna("").astype(str)
+    counts = objects[objects != ""].value_counts()
+    counts = counts[counts >= bench.dynamics_min_pool].head(bench.dynamics_top_objects)
+    dyn = held[objects.isin(counts.index)]
+    skipped["dynamics_not_in_a_pool"] += len(held) - len(dyn)
+    dynamics = pd.DataFrame({
+        **{c: dyn[c].values for c in CLIP_COLUMNS},
+        "caption": dyn["caption"].values,
+        "object": dyn["primary_object"].values,
+        "category": [category_of(o, bench) for o in dyn["primary_object"]],
+    })
+
+    train_keys, train_videos = set(train["key"]), set(train["video_id"].astype(str))
+    bench_keys = {r["key"] for r in semantic + logic} | set(dynamics["key"])
+    bench_videos = {str(r["video_id"]) for r in semantic + logic} | set(dynamics["video_id"].astype(str))
+    overlap = {"keys": len(bench_keys & train_keys), "videos": len(bench_videos & train_videos)}
+    if overlap["keys"] or overlap["videos"]:
+        raise RuntimeError(f"bench overlaps training: {overlap}")
+
+    manifest = {
+        "version": BENCH_VERSION,
+        "source": source,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "holdout_fraction": bench.holdout_fraction,
+        "seed": bench.seed,
+        "counts": {
+            "annotated": int(len(table)), "kept": int(len(train) + len(held)), "train": int(len(train)),
+            "holdout": int(len(held)), "semantic": len(semantic), "logic": len(logic), "dynamics": int(len(dynamics)),
+            "dynamics_pools": int(len(counts)),
+        },
+        "skipped": dict(skipped),
+        "train_overlap": overlap,
+        "pools": {obj: {"clips": int(n), "category": category_of(obj, bench)} for obj, n in counts.items()},
+    }
+    return BenchTables(pd.DataFrame(semantic), pd.DataFrame(logic), dynamics, manifest)
+
+
+def write(tables: BenchTables, out_dir: str, storage_options: dict | None = None) -> None:
+    """Write the three Parquet files and manifest.json (local path or s3:// via fsspec)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
+    for name in ("semantic", "logic", "dynamics"):
+        with fs.open(f"{root}/{name}.parquet", "wb") as f:
+            getattr(tables, name).to_parquet(f, index=False)
+    with fs.open(f"{root}/manifest.json", "w") as f:
+        json.dump(tables.manifest, f, indent=2)
+
+
+def load(out_dir: str, storage_options: dict | None = None) -> BenchTables:
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
+    frames = {}
+    for name in ("semantic", "logic", "dynamics"):
+        with fs.open(f"{root}/{name}.parquet", "rb") as f:
+            frames[name] = pd.read_parquet(f)
+    with fs.open(f"{root}/manifest.json") as f:
+        manifest = json.load(f)
+    return BenchTables(**frames, manifest=manifest)
