@@ -23,7 +23,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from instraction.model.config import TextTowerConfig, VideoTowerConfig
@@ -58,6 +58,13 @@ def make_activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r} (gelu | quick_gelu)")
 
 
+def mlp(width: int, hidden: int, activation: nn.Module) -> nn.Sequential:
+    """CLIP's MLP with its submodule names: c_fc -> activation -> c_proj."""
+    return nn.Sequential(
+        OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", activation), ("c_proj", nn.Linear(hidden, width))])
+    )
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drop a residual branch per sample with probability ``p`` during training."""
 
@@ -83,10 +90,11 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> Tensor:
         """x [B,N,C]; attn_mask bool [B,1,N,N] (True = may attend) or None -> [B,N,C]."""
         b, n, c = x.shape
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, c // self.heads).unbind(2)
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, c // self.heads)
+        q, k, v = qkv.unbind(2)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask, is_causal=is_causal
         )
@@ -102,12 +110,10 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_1 = nn.LayerNorm(width)
         self.attn = SelfAttention(width, heads)
         self.ln_2 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", make_activation(activation)), ("c_proj", nn.Linear(hidden, width))])
-        )
+        self.mlp = mlp(width, hidden, make_activation(activation))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> Tensor:
         x = x + self.drop_path(self.attn(self.ln_1(x), attn_mask, is_causal))
         return x + self.drop_path(self.mlp(self.ln_2(x)))
 
@@ -122,7 +128,7 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio, activation, r) for r in rates)
         self.grad_checkpointing = grad_checkpointing
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False) -> Tensor:
         for block in self.resblocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, attn_mask, is_causal, use_reentrant=False)
@@ -177,40 +183,48 @@ def _temporal_embedding(table: torch.Tensor, frames: int) -> torch.Tensor:
 # Video towers.
 
 
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame: [B,C,T,H,W] normalised over (C/G, H, W) for each t, so no clip-wide
+    statistic leaks across time and a token's receptive field stays the convolutions' +-1 frame per block."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(b * t, c, h, w))
+        return y.view(b, t, c, h, w).transpose(1, 2)
+
+
 class Conv3dVideoTower(nn.Module):
-    """3D-conv stem: ``layers`` blocks Conv3d(3x3x3, temporal stride 1) -> GroupNorm -> GELU.
+    """3D-conv stem: ``layers`` blocks Conv3d(3x3x3, temporal stride 1) -> per-frame GroupNorm -> GELU.
 
     The first log2(patch_size) blocks halve the spatial grid, so P = (image_size / patch_size)^2 tokens per frame;
     the first block (full resolution, the costliest per channel) is width/2 wide, the rest ``width``. A residual
-    per-token MLP (``mlp_ratio``) then mixes channels cheaply. GroupNorm, not BatchNorm: statistics stay per
-    sample, so data-parallel ranks need no synchronisation and eval equals train.
+    per-token MLP (``mlp_ratio``) then mixes channels cheaply. Per-frame GroupNorm, not BatchNorm: statistics
+    stay per sample, so data-parallel ranks need no synchronisation and eval equals train.
     """
 
     def __init__(self, cfg: VideoTowerConfig):
         super().__init__()
         halvings = cfg.patch_size.bit_length() - 1
         if cfg.patch_size != 1 << halvings or halvings > cfg.layers:
-            raise ValueError(f"conv3d tower needs patch_size a power of two <= 2**layers, got {cfg.patch_size}, {cfg.layers}")
+            raise ValueError(f"conv3d tower: patch_size {cfg.patch_size} must be a power of two <= 2**{cfg.layers}")
         self.width, self.image_size, self.num_frames = cfg.width, cfg.image_size, cfg.num_frames
         self.grid = cfg.image_size // cfg.patch_size
-        widths = [max(cfg.width // 2, 8)] + [cfg.width] * (cfg.layers - 1)
+        widths = ([max(cfg.width // 2, 8)] if cfg.layers > 1 else []) + [cfg.width] * max(cfg.layers - 1, 1)
         blocks, c_in = [], 3
         for i, c_out in enumerate(widths):
             s = 2 if i < halvings else 1
             blocks += [
                 nn.Conv3d(c_in, c_out, 3, stride=(1, s, s), padding=1, bias=False),
-                nn.GroupNorm(math.gcd(8, c_out), c_out),
+                FrameGroupNorm(math.gcd(8, c_out), c_out),
                 nn.GELU(),
             ]
             c_in = c_out
         self.stem = nn.Sequential(*blocks)
         # Convolutions are translation-equivariant in time: the embedding tells later layers where a token sits.
-        self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames, 1, cfg.width))
+        self.temporal_positional_embedding = nn.Parameter(torch.zeros(1, cfg.num_frames, cfg.width))
         hidden = int(round(cfg.width * cfg.mlp_ratio))
         self.ln_mlp = nn.LayerNorm(cfg.width)
-        self.mlp = nn.Sequential(
-            OrderedDict([("c_fc", nn.Linear(cfg.width, hidden)), ("gelu", nn.GELU()), ("c_proj", nn.Linear(hidden, cfg.width))])
-        )
+        self.mlp = mlp(cfg.width, hidden, nn.GELU())
         self.ln_tokens = nn.LayerNorm(cfg.width)
         self.ln_post = nn.LayerNorm(cfg.width)
         nn.init.normal_(self.temporal_positional_embedding, std=0.02)
@@ -218,10 +232,10 @@ class Conv3dVideoTower(nn.Module):
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video [B,T,3,H,W] -> tokens [B,T,P,C] (layer-normed), pooled [B,C] = LN(mean of tokens)."""
         _check_video(video, self.image_size)
-        b, t = video.shape[:2]
+        t = video.shape[1]
         x = self.stem(video.transpose(1, 2))  # [B,C,T,g,g]
         x = x.flatten(3).permute(0, 2, 3, 1)  # [B,T,P,C]
-        x = x + _temporal_embedding(self.temporal_positional_embedding.flatten(2), t).unsqueeze(2)
+        x = x + _temporal_embedding(self.temporal_positional_embedding, t).unsqueeze(2)
         x = x + self.mlp(self.ln_mlp(x))
         return self.ln_tokens(x), self.ln_post(x.mean(dim=(1, 2)))
 
@@ -257,7 +271,7 @@ class VisionTransformer(nn.Module):
         pos = self.positional_embedding.to(x.dtype)
         x = x + pos[1:] + _temporal_embedding(self.temporal_positional_embedding, t).to(x.dtype).unsqueeze(2)
         # Frame-major token order (ViCLIP uses patch-major); full attention is order-invariant, so outputs match.
-        cls = (self.class_embedding + pos[0]).expand(b, 1, -1)
+        cls = (self.class_embedding.to(x.dtype) + pos[0]).expand(b, 1, -1)
         x = self.ln_pre(torch.cat([cls, x.flatten(1, 2)], dim=1))
         x = self.ln_post(self.transformer(x))
         return x[:, 1:].reshape(b, t, self.grid**2, self.width), x[:, 0]
@@ -288,7 +302,8 @@ class TextTransformer(nn.Module):
         if cfg.width % cfg.heads:
             raise ValueError(f"text width {cfg.width} is not a multiple of heads {cfg.heads}")
         c = cfg.width
-        self.width, self.context_length, self.vocab_size, self.activation = c, cfg.context_length, vocab_size, cfg.activation
+        self.width, self.context_length, self.vocab_size = c, cfg.context_length, vocab_size
+        self.activation = cfg.activation
         self.token_embedding = nn.Embedding(vocab_size, c)
         self.positional_embedding = nn.Parameter(torch.empty(cfg.context_length, c))
         self.transformer = Transformer(c, cfg.layers, cfg.heads, cfg.mlp_ratio, cfg.activation,

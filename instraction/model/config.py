@@ -118,7 +118,11 @@ class PretrainedConfig:
     format: str = "auto"
     """auto | hf_clip | viclip."""
     freeze_text: bool = False
+    """Stop gradients into the loaded text tower (requires_grad False)."""
     freeze_video: bool = False
+    """Stop gradients into the loaded video tower."""
+    strict: bool = False
+    """Raise on missing or unexpected keys too (shape mismatches always raise; both are always reported)."""
 
 
 @dataclass
@@ -135,7 +139,9 @@ class ModelConfig:
     """The learnable temperature is clamped so that 1/T <= max_logit_scale (CLIP)."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_choice
+        from instraction.config import ConfigError, check_choice
 
         check_choice(f"{path}.pretrained.format", self.pretrained.format, ["auto", "hf_clip", "viclip"])
+        if (self.pretrained.freeze_text or self.pretrained.freeze_video) and not self.pretrained.path:
+            raise ConfigError(f"{path}.pretrained.freeze_* needs {path}.pretrained.path (freezing random weights)")
         check_choice(f"{path}.perceiver.attention_backend", self.perceiver.attention_backend, ["auto", "torch", "triton"])

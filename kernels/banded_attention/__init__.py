@@ -5,9 +5,8 @@ window of frames around its own slice of time (see README.md for the band and th
                            backend="auto") -> [B,H,K,D]
 
 backend: "torch" (reference.py, masked softmax), "triton" (triton.py, flash-style kernels that visit only the
-band), "auto" (Triton for CUDA tensors when Triton is importable, the reference otherwise). "triton" on CPU
-tensors needs TRITON_INTERPRET=1 (Triton's interpreter; slow, for tests).
-"""
+band), "auto" (Triton for fp32/fp16/bf16 CUDA tensors when Triton is importable, the reference
+otherwise). "triton" on CPU tensors needs TRITON_INTERPRET=1 (Triton's interpreter; slow, for tests)."""
 
 from __future__ import annotations
 
@@ -55,7 +54,8 @@ def banded_cross_attention(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     check_inputs(q, k, v, frames, window)
     if backend == "auto":
-        backend = "triton" if q.is_cuda and _triton_available() else "torch"
+        kernel_dtype = q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        backend = "triton" if q.is_cuda and kernel_dtype and _triton_available() else "torch"
     if backend == "torch":
         return banded_cross_attention_reference(q, k, v, frames, window, scale)
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

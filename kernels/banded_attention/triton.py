@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.banded_attention.reference import check_inputs
+from kernels.banded_attention.reference import banded_cross_attention_reference, check_inputs
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -272,8 +272,10 @@ def _forward(q, k, v, frames, window, scale, blocks):
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, frames, window, scale, blocks):
-    """Gradients (dq [B,H,K,D], dk, dv [B,H,N,D]) by recomputing P from the saved base-2 logsumexp."""
+def _backward(do, q, k, v, o, lse, frames, window, scale, blocks, need_dq=True, need_dkdv=True):
+    """Gradients (dq [B,H,K,D], dk, dv [B,H,N,D]) by recomputing P from the saved base-2 logsumexp.
+
+    A gradient that is not needed is returned as None and its kernel is skipped."""
     B, H, K, D = q.shape
     N = k.shape[2]
     do = do.contiguous()
@@ -285,11 +287,15 @@ def _backward(do, q, k, v, o, lse, frames, window, scale, blocks):
     dv = torch.empty((B, H, N, D), device=q.device, dtype=v.dtype)
     common = (*_strides(q, k, v), H, K, N, N // frames, frames, window, scale * LOG2E, scale)
     meta = dict(BLOCK_D=block_d, D=D, **_dot_args(q.dtype))
-    kernel, tiles = _kernel("dkdv", blocks)
-    kernel[lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv, *common, **tiles, **meta)
-    kernel, tiles = _kernel("dq", blocks)
-    kernel[lambda m: (triton.cdiv(K, m["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq, *common, **tiles, **meta)
-    return dq, dk, dv
+    if need_dkdv:
+        kernel, tiles = _kernel("dkdv", blocks)
+        kernel[lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv, *common, **tiles,
+                                                                 **meta)
+    if need_dq:
+        kernel, tiles = _kernel("dq", blocks)
+        kernel[lambda m: (triton.cdiv(K, m["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq, *common, **tiles,
+                                                                 **meta)
+    return (dq if need_dq else None), (dk if need_dkdv else None), (dv if need_dkdv else None)
 
 
 class BandedCrossAttention(torch.autograd.Function):
@@ -304,9 +310,11 @@ class BandedCrossAttention(torch.autograd.Function):
         return o
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        dq, dk, dv = _backward(do, q, k, v, o, lse, *ctx.args)
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        dq, dk, dv = _backward(do, q, k, v, o, lse, *ctx.args, need_dq=need_q, need_dkdv=need_k or need_v)
         return dq, dk, dv, None, None, None, None
 
 
@@ -335,5 +343,7 @@ def banded_cross_attention_triton(
         raise TypeError(f"triton backend supports float32/float16/bfloat16, got {q.dtype}")
     if blocks is not None and any(x < 16 or x & (x - 1) for x in blocks):
         raise ValueError(f"blocks must be powers of two >= 16, got {blocks}")
+    if q.numel() == 0:  # nothing to launch (B*H == 0 or D == 0); the reference handles empty shapes
+        return banded_cross_attention_reference(q, k, v, frames, window, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return BandedCrossAttention.apply(q, k, v, int(frames), int(window), scale, blocks)
