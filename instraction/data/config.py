@@ -6,35 +6,92 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 
+SYNTH_VERBS = ["crack", "whisk", "stir", "pour", "flip", "slide", "chop", "roll", "press", "shake", "lift", "drop"]
+SYNTH_OBJECTS = ["egg", "tomato", "dough", "bowl", "pan", "knife", "carrot", "lemon"]
+
+
 @dataclass
 class SynthConfig:
-    """SynthKitchen: procedurally rendered instructional clips where only motion tells the verbs apart."""
+    """SynthKitchen: procedurally rendered instructional clips where only motion tells the verbs apart.
+
+    A clip is ``slots * frames_per_slot`` frames; each action spans whole slots (between ``min_action_slots`` and
+    ``max_action_slots``), so a uniform sampler taking ``slots`` frames (data.num_frames) sees every action in at
+    least ``min_action_slots`` frames (instraction/data/synthetic.py explains the rule).
+    """
 
     num_shards: int = 8
     """Number of {shard:05d}.tar files written."""
     clips_per_shard: int = 128
-    """Clips per shard."""
+    """Samples per shard (a whole video counts as one sample and holds several clips)."""
     size: int = 32
-    """Rendered canvas side in pixels (small canvas + large motion is what makes it learnable on CPU)."""
+    """Rendered canvas side in pixels (small canvas + large motion is what makes it learnable on CPU). Even."""
     fps: int = 8
     """Frame rate of the encoded H.264 video."""
     min_actions: int = 2
     max_actions: int = 4
-    """Each clip holds between min_actions and max_actions sequential actions."""
+    """Each clip holds between min_actions and max_actions sequential actions (uniform; distinct verbs)."""
     chatter_fraction: float = 0.1
     """Share of clips whose caption is pure conversational chatter (the curation filter drops them)."""
-    whole_video_fraction: float = 0.0
+    whole_video_fraction: float = 0.1
     """Share of samples written as whole videos with several ASR segments (cut into clips at read time)."""
     seed: int = 0
     """Everything is a deterministic function of this seed."""
+    slots: int = 8
+    """Sample slots per clip: keep equal to data.num_frames (the frames the model samples per clip)."""
+    frames_per_slot: int = 2
+    """Rendered frames per slot (a clip lasts slots * frames_per_slot / fps seconds: 2 s by default)."""
+    min_action_slots: int = 2
+    max_action_slots: int = 5
+    """Each action spans this many slots, so it is seen in at least min_action_slots sampled frames."""
+    clips_per_video: int = 4
+    """Consecutive pre-cut clips sharing one source ``video_id`` (and its background), as clips of a real video."""
+    max_segments: int = 4
+    """A whole video holds 2..max_segments caption segments (one clip each) with idle gaps between them."""
+    verbs: list[str] = field(default_factory=lambda: list(SYNTH_VERBS))
+    """Verbs rendered (each has its own motion; all in instraction.lexicon.VERBS)."""
+    objects: list[str] = field(default_factory=lambda: list(SYNTH_OBJECTS))
+    """Objects drawn, independently of the verb (each a distinct shape and colour; all in lexicon.OBJECTS)."""
+    nuisance: float = 0.5
+    """How often a state some verb drives (split, squashed, particles, flipped) is shown at rest under other
+    verbs: higher = single frames say less about the verb."""
+    max_caption_words: int = 28
+    """Optional caption parts (chatter, fillers) are dropped beyond this; keep <= data.max_text_len - 2 so no
+    action is cut off by the tokenizer."""
+    crf: int = 12
+    """x264 constant rate factor (lower = better quality; 32 px motion needs a low value)."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_range
+        from instraction import lexicon
+        from instraction.config import ConfigError, check_range
+        from instraction.data.render import MOTIONS, OBJECT_COLORS
 
+        check_range(f"{path}.seed", self.seed, 0, None)
+        check_range(f"{path}.num_shards", self.num_shards, 1, 99999)
+        check_range(f"{path}.clips_per_shard", self.clips_per_shard, 1, 9999)
         check_range(f"{path}.min_actions", self.min_actions, 1, self.max_actions)
         check_range(f"{path}.chatter_fraction", self.chatter_fraction, 0.0, 1.0)
         check_range(f"{path}.whole_video_fraction", self.whole_video_fraction, 0.0, 1.0)
+        check_range(f"{path}.nuisance", self.nuisance, 0.0, 1.0)
         check_range(f"{path}.size", self.size, 8, 4096)
+        check_range(f"{path}.fps", self.fps, 1, 240)
+        check_range(f"{path}.frames_per_slot", self.frames_per_slot, 1, 64)
+        check_range(f"{path}.min_action_slots", self.min_action_slots, 1, self.max_action_slots)
+        check_range(f"{path}.clips_per_video", self.clips_per_video, 1, None)
+        check_range(f"{path}.max_segments", self.max_segments, 2, 64)
+        check_range(f"{path}.crf", self.crf, 0, 51)
+        if self.size % 2:
+            raise ConfigError(f"{path}.size={self.size} must be even (H.264 yuv420p)")
+        lo, hi = self.min_action_slots, self.max_action_slots
+        if not all(k * lo <= self.slots <= k * hi for k in range(self.min_actions, self.max_actions + 1)):
+            raise ConfigError(
+                f"{path}: {self.slots} slots cannot hold {self.min_actions}..{self.max_actions} actions of "
+                f"{self.min_action_slots}..{self.max_action_slots} slots each")
+        bad = [v for v in self.verbs if v not in MOTIONS or v not in lexicon.VERBS]
+        if bad or len(set(self.verbs)) < self.max_actions:
+            raise ConfigError(f"{path}.verbs: need >= max_actions distinct verbs from {sorted(MOTIONS)}; bad: {bad}")
+        bad = [o for o in self.objects if o not in OBJECT_COLORS or o not in lexicon.OBJECTS]
+        if bad or not self.objects:
+            raise ConfigError(f"{path}.objects: choose from {sorted(OBJECT_COLORS)}; bad: {bad}")
 
 
 @dataclass
@@ -44,7 +101,34 @@ class S3Config:
     endpoint_url: Optional[str] = None
     """Override for S3-compatible stores (MinIO, moto, R2...). Also read from AWS_ENDPOINT_URL."""
     region: Optional[str] = None
+    """Region name for the S3 client (None: the standard chain's, e.g. AWS_DEFAULT_REGION)."""
     anon: bool = False
+    """Unsigned requests (public buckets); no credentials are looked up."""
+
+
+@dataclass
+class ConvertConfig:
+    """jobs/make_shards.py: HowTo100M-style ``caption.json`` + a folder of videos -> shards at ``data.shards``."""
+
+    captions: str = ""
+    """caption.json: {video_id: {"start": [s...], "end": [s...], "text": [str...]}} (HowTo100M's format)."""
+    videos: str = ""
+    """Folder holding ``<video_id>.mp4`` / ``.webm`` / ``.mkv`` (local or s3://)."""
+    samples_per_shard: int = 100
+    """Whole-video samples per tar."""
+    max_videos: int = 0
+    """Convert only the first N videos of caption.json (0: all)."""
+    probe: bool = True
+    """Open each video with PyAV to read its duration: unreadable videos are counted and left out, and segments
+    past the end are clipped or dropped (counted)."""
+    overwrite: bool = False
+    """Write into a ``data.shards`` location that already holds shards (otherwise the job refuses)."""
+
+    def validate(self, path: str) -> None:
+        from instraction.config import check_range
+
+        check_range(f"{path}.samples_per_shard", self.samples_per_shard, 1, None)
+        check_range(f"{path}.max_videos", self.max_videos, 0, None)
 
 
 @dataclass
@@ -85,6 +169,14 @@ class DataConfig:
     """Rows per map_batches call of the decode actors."""
     decode_num_cpus: float = 1.0
     """CPUs reserved per decode actor."""
+    read_num_cpus: float = 0.25
+    """CPUs reserved per shard-read task (mostly I/O; kept small so reads still run while the decode actors hold
+    the cores)."""
+    prefetch_batches: int = 2
+    """Batches each training worker prefetches (collation runs in Ray's background threads)."""
+    shuffle_buffer: int = 0
+    """Rows in each training worker's local shuffle buffer (0: none; shard order is always shuffled)."""
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
     def validate(self, path: str) -> None:
         from instraction.config import check_choice, check_range
@@ -93,6 +185,11 @@ class DataConfig:
         check_range(f"{path}.num_frames", self.num_frames, 1, 1024)
         check_range(f"{path}.max_verbs", self.max_verbs, 1, 64)
         check_range(f"{path}.decode_concurrency", self.decode_concurrency, 1, 4096)
+        check_range(f"{path}.decode_batch_size", self.decode_batch_size, 1, None)
+        check_range(f"{path}.read_num_cpus", self.read_num_cpus, 0.0, None)
+        check_range(f"{path}.max_negatives", self.max_negatives, 0, 256)
+        check_range(f"{path}.prefetch_batches", self.prefetch_batches, 0, 64)
+        check_range(f"{path}.shuffle_buffer", self.shuffle_buffer, 0, None)
         if len(self.mean) != 3 or len(self.std) != 3:
             from instraction.config import ConfigError
 

@@ -1,0 +1,230 @@
+"""Decode a clip from mp4 bytes and sample frames uniformly over a time window (stable surface: DESIGN.md).
+
+    frames = decode_frames(mp4_bytes, num_frames=8, size=32, start=4.0, end=6.0)   # uint8 [8, 32, 32, 3] RGB
+
+Sampling rule (used by every decoder here, so they agree frame for frame): with window [start, end) and T frames,
+frame i is taken at time
+
+    t_i = start + (i + 0.5) * (end - start) / T,      i = 0 .. T-1
+
+and the decoded frame chosen is the one whose presentation interval [pts_k, pts_{k+1}) contains t_i (times in
+seconds on the stream's timeline; the last frame's interval ends at pts + its duration). A t_i before the first
+frame takes the first frame. Over a clip of T * r frames at constant rate this is frame floor((i + 0.5) * r): one
+frame from each block of r (SynthKitchen relies on it, see synthetic.py). With start/end None the window is the
+whole video, [first frame time, declared stream end).
+
+Cost: only what is needed is decoded. A window that starts after 0 is reached by seeking to the keyframe before
+it (no decode from 0, no re-encode); decoding stops once the last sampled frame is known; one undecided frame is
+held at a time; only the chosen frames are converted, resized (shorter side to ``size``, area interpolation) and
+centre-cropped, by libswscale.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Optional
+
+import numpy as np
+
+_TOLERANCE = 1e-6  # seconds: pts arithmetic in float
+
+
+def sample_times(start: float, end: float, num_frames: int) -> np.ndarray:
+    """float64 [T]: t_i = start + (i + 0.5) * (end - start) / T (the uniform sampling rule)."""
+    return start + (np.arange(num_frames) + 0.5) * (end - start) / num_frames
+
+
+def pick_frames(frame_starts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """int [T]: index of the frame whose interval [start_k, start_{k+1}) contains each time (first frame for
+    times before it). ``frame_starts`` ascending."""
+    idx = np.searchsorted(np.asarray(frame_starts) - _TOLERANCE, times, side="right") - 1
+    return np.clip(idx, 0, len(frame_starts) - 1)
+
+
+def _check_args(num_frames: int, size: int, start: Optional[float], end: Optional[float]) -> None:
+    if int(num_frames) < 1 or int(size) < 1:
+        raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
+    if start is not None and start < 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"empty window [{start}, {end})")
+
+
+def _resized_dims(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) with the shorter side == size and the aspect ratio kept (the longer side rounded, >= size)."""
+    if width <= height:
+        return size, max(size, int(round(height * size / width)))
+    return max(size, int(round(width * size / height))), size
+
+
+def _center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[top: top + size, left: left + size]
+
+
+def _to_rgb(frame, size: int, reformatter) -> np.ndarray:
+    """av.VideoFrame -> uint8 [size, size, 3]: resize the shorter side to size, centre crop (libswscale).
+
+    One ``VideoReformatter`` per video keeps its scaler context across frames (~7x faster than frame.reformat).
+    """
+    w, h = _resized_dims(frame.width, frame.height, size)
+    threads = 0 if frame.width * frame.height >= 640 * 360 else 1
+    rgb = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA",
+                               threads=threads).to_ndarray()
+    return np.ascontiguousarray(_center_crop(rgb, size))
+
+
+def decode_frames(data: bytes, num_frames: int, size: int, start: Optional[float] = None,
+                  end: Optional[float] = None) -> np.ndarray:
+    """uint8 [T, size, size, 3] RGB: ``num_frames`` frames sampled uniformly over [start, end) seconds of the video
+    in ``data`` (the whole video when start/end are None), resized (shorter side) and centre-cropped.
+
+    Raises ValueError on bytes that cannot be decoded (empty, garbage, truncated, no video stream) or a window
+    outside the video.
+    """
+    import av
+
+    _check_args(num_frames, size, start, end)
+    if not data:
+        raise ValueError("empty video bytes")
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot open video ({len(data)} bytes): {type(err).__name__}: {err}") from None
+    try:
+        with container:
+            if not container.streams.video:
+                raise ValueError("no video stream in the container")
+            stream = container.streams.video[0]
+            cc = stream.codec_context
+            if (cc.width or 0) * (cc.height or 0) >= 640 * 360:
+                stream.thread_type = "AUTO"  # big frames: frame threads pay off; tiny clips decode faster on one
+            hi = end if end is not None else _declared_end(container, stream)
+            if hi is None:  # no duration in the container: find the end by a first pass (rare; no frames kept)
+                hi = _scan_end(container.decode(stream))
+                container.seek(0, stream=stream)
+            if start is not None and start > 0:
+                container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
+                out = _sample_stream(container.decode(stream), start, hi, num_frames, size, after_seek=True)
+                if out is not None:
+                    return out
+                container.seek(0, stream=stream)  # the seek landed past start (odd index): decode from the start
+            out = _sample_stream(container.decode(stream), start, hi, num_frames, size, after_seek=False)
+            assert out is not None
+            return out
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot decode video: {type(err).__name__}: {err}") from None
+
+
+def _declared_end(container, stream) -> Optional[float]:
+    """End of the video stream in seconds as the container declares it (None when it does not)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def _frame_times(frames):
+    """(time, duration or None, frame) in presentation order, skipping frames without a timestamp."""
+    for frame in frames:
+        if frame.time is None:
+            continue
+        dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else None
+        yield frame.time, dur, frame
+
+
+def _scan_end(frames) -> float:
+    t_end = None
+    for t, dur, _ in _frame_times(frames):
+        t_end = t + (dur or 0.0)
+    if t_end is None:
+        raise ValueError("no frame could be decoded")
+    return t_end
+
+
+def _sample_stream(frames, start: Optional[float], hi: float, num_frames: int, size: int,
+                   after_seek: bool) -> Optional[np.ndarray]:
+    """Pick the sampled frames while decoding, holding one undecided frame at a time (memory stays flat on long
+    videos). Returns None when ``after_seek`` and the first frame lies past ``start`` (the seek overshot)."""
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    out = np.empty((num_frames, size, size, 3), np.uint8)
+    targets: Optional[np.ndarray] = None
+    j, prev, step = 0, None, None
+    for t, dur, frame in _frame_times(frames):
+        if targets is None:
+            if after_seek and t > start + _TOLERANCE:
+                return None
+            lo = t if start is None else start
+            if hi <= lo:
+                raise ValueError(f"empty window [{lo:.3f}, {hi:.3f}) s")
+            targets = sample_times(lo, hi, num_frames)
+        if prev is not None:
+            step = t - prev[0]
+            rgb = None
+            while j < num_frames and targets[j] < t - _TOLERANCE:  # prev's interval [prev_t, t) holds target j
+                rgb = _to_rgb(prev[2], size, reformatter) if rgb is None else rgb
+                out[j] = rgb
+                j += 1
+        prev = (t, dur, frame)
+        if j == num_frames:
+            return out
+    if prev is None:
+        raise ValueError("no frame could be decoded" if start is None else f"no frame at or after start={start}s")
+    last_t, last_dur, last = prev
+    # the last frame lasts its duration; allow a frame of slack for containers that round their duration
+    slack = 2 * (last_dur or step or 0.0) + _TOLERANCE
+    if targets[j] >= last_t + slack:
+        raise ValueError(f"window up to {hi:.3f}s lies past the decoded video (frames end near "
+                         f"{last_t + (last_dur or 0):.3f}s): truncated video or window past the end")
+    out[j:] = _to_rgb(last, size, reformatter)
+    return out
+
+
+def decode_frames_decord(data: bytes, num_frames: int, size: int, start: Optional[float] = None,
+                         end: Optional[float] = None) -> np.ndarray:
+    """Same contract and sampling rule as :func:`decode_frames`, decoded by decord (a peer for the data benchmark).
+
+    Resizing goes through libswscale as in :func:`decode_frames`, so both return the same pixels for the same
+    frames. Raises ImportError when decord is not installed. decord 0.6 cannot copy out frames whose width is not
+    a multiple of 32 (its own bug); such videos raise ValueError here, while :func:`decode_frames` reads them.
+    """
+    import decord
+
+    _check_args(num_frames, size, start, end)
+    if not data:
+        raise ValueError("empty video bytes")
+    try:
+        reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), num_threads=1)
+        n = len(reader)
+        if n == 0:
+            raise ValueError("no frame could be decoded")
+        stamps = np.asarray(reader.get_frame_timestamp(np.arange(n)), dtype=np.float64)  # [n, 2] start, end
+        lo = stamps[0, 0] if start is None else start
+        hi = stamps[-1, 1] if end is None else end
+        if hi > stamps[-1, 1] + (stamps[-1, 1] - stamps[-1, 0]) + _TOLERANCE or lo >= stamps[-1, 1]:
+            raise ValueError(f"window [{lo:.3f}, {hi:.3f}) s lies past the video (ends at {stamps[-1, 1]:.3f}s)")
+        idx = pick_frames(stamps[:, 0], sample_times(lo, hi, num_frames))
+        unique, inverse = np.unique(idx, return_inverse=True)
+        batch = reader.get_batch(unique.tolist()).asnumpy()  # [U, H, W, 3] RGB
+    except (decord.DECORDError, RuntimeError) as err:  # decord reports unreadable input as a RuntimeError
+        raise ValueError(f"cannot decode video: {str(err)[:200]}") from None
+    from av.video.reformatter import VideoReformatter
+
+    reformatter = VideoReformatter()
+    resized = [_resize_array(frame, size, reformatter) for frame in batch]
+    return np.stack([resized[j] for j in inverse.reshape(-1)])
+
+
+def _resize_array(rgb: np.ndarray, size: int, reformatter) -> np.ndarray:
+    """uint8 [H,W,3] -> [size,size,3] with the same libswscale resize + centre crop as :func:`decode_frames`."""
+    import av
+
+    h, w = rgb.shape[:2]
+    if (h, w) == (size, size):
+        return rgb
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return _to_rgb(frame, size, reformatter)

@@ -1,0 +1,197 @@
+"""decode_frames / decode_frames_decord: the uniform sampling rule, seeking, resize + crop, and bad bytes.
+
+    python -m pytest tests/test_video.py -q
+
+Test clips encode their own frame index as a flat grey level (``4 + 5 * i``, crf 0), so a decoded frame says which
+frame it is; the expected index of sample i is the frame whose interval [k/fps, (k+1)/fps) holds
+t_i = start + (i + 0.5) * (end - start) / T.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from instraction.data import video
+from instraction.data.render import encode_h264
+from instraction.data.video import decode_frames, pick_frames, sample_times
+
+FPS = 8
+
+try:
+    import decord  # noqa: F401
+
+    DECODERS = [decode_frames, video.decode_frames_decord]
+except ImportError:  # decord is optional (x86_64 wheels only)
+    DECODERS = [decode_frames]
+
+
+def index_clip(n: int, keyint: int = 8, width: int = 32, height: int = 32) -> bytes:
+    """Frame i is flat grey 4 + 5 * (i % 48) with a blue level 20 + 40 * (i // 48) (up to 48 * 6 frames)."""
+    i = np.arange(n)
+    frames = np.empty((n, height, width, 3), np.uint8)
+    frames[:] = (4 + 5 * (i % 48)).astype(np.uint8)[:, None, None, None]
+    frames[..., 2] = (20 + 40 * (i // 48)).astype(np.uint8)[:, None, None]  # chroma is coarse: wide steps
+    return encode_h264(frames, FPS, crf=0, keyint=keyint)
+
+
+def decoded_index(frames: np.ndarray) -> list[int]:
+    low = [int(round((f[..., 1].mean() - 4) / 5)) for f in frames]
+    high = [int(round((f[..., 2].mean() - 20) / 40)) for f in frames]
+    return [48 * h + lo for lo, h in zip(low, high)]
+
+
+def expected_index(n: int, num_frames: int, start=None, end=None) -> list[int]:
+    lo = 0.0 if start is None else start
+    hi = n / FPS if end is None else end
+    return [min(n - 1, math.floor(t * FPS + 1e-9)) for t in sample_times(lo, hi, num_frames)]
+
+
+@pytest.fixture(scope="module")
+def long_clip() -> bytes:
+    return index_clip(48)  # 6 s, a keyframe every second
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.__name__)
+@pytest.mark.parametrize("num_frames,start,end", [
+    (8, None, None),        # whole clip: frames 3, 9, ..., 45
+    (4, 1.0, 3.0),          # window on frame boundaries
+    (5, 0.3, 2.9),          # window off frame boundaries
+    (8, 2.5, 3.0),          # more samples than frames in the window: repeats
+    (6, 4.2, None),         # open end: until the end of the video
+    (3, None, 1.0),         # open start: from the first frame
+    (1, 5.0, 6.0),
+])
+def test_uniform_sampling_rule(long_clip, decoder, num_frames, start, end):
+    out = decoder(long_clip, num_frames, 32, start, end)
+    assert out.shape == (num_frames, 32, 32, 3) and out.dtype == np.uint8
+    assert decoded_index(out) == expected_index(48, num_frames, start, end)
+
+
+def test_whole_clip_indices_are_one_per_block():
+    # T samples over T * r frames pick floor((i + 0.5) * r): the rule SynthKitchen's action layout relies on
+    for r in (1, 2, 3):
+        out = decode_frames(index_clip(8 * r), 8, 32)
+        assert decoded_index(out) == [math.floor((i + 0.5) * r) for i in range(8)]
+
+
+def test_pick_frames_interval_rule():
+    starts = np.array([0.0, 0.125, 0.25, 0.375])
+    times = np.array([-0.1, 0.0, 0.1249, 0.125, 0.3, 0.9])
+    assert pick_frames(starts, times).tolist() == [0, 0, 0, 1, 2, 3]
+
+
+def test_seek_decodes_only_near_the_window(monkeypatch):
+    data = index_clip(240)  # 30 s, keyframe every 1 s
+    seen = []
+    real = video._frame_times
+
+    def counting(frames):
+        for item in real(frames):
+            seen.append(item[0])
+            yield item
+
+    monkeypatch.setattr(video, "_frame_times", counting)
+    out = decode_frames(data, 4, 32, start=25.0, end=27.0)
+    assert decoded_index(out) == expected_index(240, 4, 25.0, 27.0)
+    assert min(seen) >= 24.0 - 1e-6, "decoding started far before the window: no seek"
+    assert len(seen) <= 8 + 16 + 1, f"decoded {len(seen)} frames for a 2 s window"
+
+
+@pytest.mark.parametrize("width,height", [(64, 48), (48, 64), (96, 64), (64, 96)])
+def test_resize_shorter_side_and_centre_crop(width, height):
+    # three bands along the longer side: red | green | blue; the crop keeps the middle and clips both ends
+    frame = np.zeros((height, width, 3), np.uint8)
+    long_axis = 1 if width > height else 0
+    n = frame.shape[long_axis]
+    bands = [(slice(0, n // 4), (220, 30, 30)), (slice(n // 4, 3 * n // 4), (30, 220, 30)),
+             (slice(3 * n // 4, n), (30, 30, 220))]
+    for sl, rgb in bands:
+        if long_axis == 1:
+            frame[:, sl] = rgb
+        else:
+            frame[sl, :] = rgb
+    data = encode_h264(np.stack([frame] * 4), FPS, crf=0)
+    # decord 0.6 cannot copy out frames whose width is not a multiple of 32 (its own bug): PyAV only there
+    for decoder in DECODERS if width % 32 == 0 else [decode_frames]:
+        out = decoder(data, 2, 32)
+        assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+        first = out[0] if long_axis == 1 else out[0].transpose(1, 0, 2)  # walk along the long axis
+        mid = first[16, 16].astype(int)
+        assert mid[1] > 150 and mid[0] < 90, f"{decoder.__name__}: centre is not the middle band: {mid}"
+        # the crop clips the long side symmetrically: its first pixels are red, its last ones blue
+        assert first[16, 1, 0] > 150 and first[16, 30, 2] > 150, decoder.__name__
+
+
+def _wav_bytes() -> bytes:
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def _faststart_mp4(path) -> bytes:
+    """moov before mdat: a truncation then cuts frames, not the index (the other truncation case)."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("libx264", rate=Fraction(FPS))
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": "8"}
+        for i in range(48):
+            frame = np.full((32, 32, 3), 4 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.__name__)
+def test_undecodable_bytes_raise_value_error(decoder, long_clip, tmp_path):
+    faststart = _faststart_mp4(tmp_path / "fs.mp4")
+    assert decoder(faststart, 4, 32).shape == (4, 32, 32, 3)
+    bad = {
+        "empty": b"",
+        "garbage": b"\x00garbage" * 200,
+        "truncated": long_clip[: len(long_clip) // 2],
+        "truncated_faststart": faststart[: int(len(faststart) * 0.6)],
+        "header_only": long_clip[:64],
+    }
+    if decoder is decode_frames:  # decord cannot open audio-only input at all (also a ValueError, tested above)
+        bad["no_video_stream"] = _wav_bytes()
+    for name, data in bad.items():
+        with pytest.raises(ValueError):
+            decoder(data, 4, 32)
+            pytest.fail(f"{name} decoded without error")
+
+
+@pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.__name__)
+def test_bad_windows_and_arguments(decoder, long_clip):
+    for kwargs in [dict(start=10.0, end=12.0), dict(start=3.0, end=3.0), dict(start=-1.0, end=1.0),
+                   dict(start=2.0, end=9.0)]:
+        with pytest.raises(ValueError):
+            decoder(long_clip, 4, 32, **kwargs)
+    with pytest.raises(ValueError):
+        decoder(long_clip, 0, 32)
+
+
+@pytest.mark.skipif(len(DECODERS) < 2, reason="decord not installed")
+def test_decord_matches_pyav_on_synthkitchen_clip():
+    from instraction.data.config import SynthConfig
+    from instraction.data.synthetic import build_sample
+
+    sample, _ = build_sample(SynthConfig(), 0, 3)
+    a = decode_frames(sample["mp4"], 8, 32)
+    b = video.decode_frames_decord(sample["mp4"], 8, 32)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
