@@ -150,3 +150,36 @@ def load(out_dir: str, storage_options: dict | None = None) -> BenchTables:
     with fs.open(f"{root}/manifest.json") as f:
         manifest = json.load(f)
     return BenchTables(**frames, manifest=manifest)
+
+
+def storage_options(s3) -> dict:
+    """fsspec options for s3:// locations from an S3Config (credentials stay in the standard AWS chain)."""
+    opts: dict[str, Any] = {}
+    if getattr(s3, "endpoint_url", None):
+        opts["client_kwargs"] = {"endpoint_url": s3.endpoint_url}
+    if getattr(s3, "anon", False):
+        opts["anon"] = True
+    return opts
+
+
+def read_annotations(location: str, s3=None) -> pd.DataFrame:
+    """All annotation Parquet files under ``location`` (local or s3://) as one DataFrame."""
+    import fsspec
+
+    opts = storage_options(s3) if location.startswith("s3://") else {}
+    fs, root = fsspec.core.url_to_fs(location, **opts)
+    files = sorted(p for p in fs.glob(f"{root.rstrip('/')}/*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no annotation Parquet files under {location!r}; run jobs/curate.py first")
+    frames = []
+    for path in files:
+        with fs.open(path, "rb") as f:
+            frames.append(pd.read_parquet(f))
+    return pd.concat(frames, ignore_index=True)
+
+
+def default_out(cfg) -> str:
+    """bench.out, else a ``bench`` folder beside the annotation table."""
+    if cfg.bench.out:
+        return cfg.bench.out
+    return cfg.data.annotations.rstrip("/").rsplit("/", 1)[0] + "/bench" if "/" in cfg.data.annotations else "bench"
