@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -38,6 +38,11 @@ class RunConfig:
     """Parent of run directories (local path or s3:// URI)."""
     seed: int = 0
     """Global seed: data order, model init, SynthKitchen rendering."""
+    id: Optional[str] = None
+    """Run directory name under ``dir``; default ``<name>-<UTC timestamp>``. Reusing an id resumes that run from its
+    latest checkpoint (with train.resume=true)."""
+    evaluate: bool = True
+    """Score the trained model, the untrained model and the static single-frame baseline on InstrAct Bench."""
 
 
 @dataclass

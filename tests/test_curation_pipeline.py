@@ -80,6 +80,12 @@ def test_rules_on_synthkitchen_matches_ground_truth_and_resumes(ray_local, synth
     pipeline.write_table(fs, path, stale, {**state, "model": "older"}, local=True)
     third = pipeline.curate(config(synth, ann), progress=False)
     assert (third["shards_curated"], third["shards_skipped"]) == (1, 1)
+    # a shard rewritten under the same name (new bytes, e.g. re-rendered data) is curated again
+    shard0 = sorted(p for p in os.listdir(synth) if p.endswith(".tar"))[0]
+    stat = os.stat(os.path.join(synth, shard0))
+    os.utime(os.path.join(synth, shard0), ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    fourth = pipeline.curate(config(synth, ann), progress=False)
+    assert (fourth["shards_curated"], fourth["shards_skipped"]) == (1, 1)
 
 
 def test_bad_and_unreadable_shards_are_counted_not_lost(ray_local, tmp_path):

@@ -76,6 +76,18 @@ def annotation_path(root: str, shard_uri: str) -> str:
     return f"{root.rstrip('/')}/{shard_io.shard_stem(shard_uri)}.parquet"
 
 
+def source_fingerprint(uri: str, s3) -> Optional[dict]:
+    """Size and version (mtime locally, ETag on S3) of a shard: a shard rewritten under the same name (e.g. a
+    re-rendered SynthKitchen) no longer matches the annotation file's state and is curated again."""
+    try:
+        fs, path = shard_io.open_filesystem(uri, s3)
+        info = fs.info(path)
+    except Exception:  # unreadable now: iter_clips reports it; never skip such a shard
+        return None
+    version = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created")
+    return {"size": int(info.get("size") or 0), "version": str(version)}
+
+
 def read_state(fs, path: str) -> Optional[dict]:
     """The curation metadata in an annotation file's footer, None when there is no (readable) file."""
     try:
@@ -131,7 +143,7 @@ def _placeholder(src: dict, backend: Backend, prompt_version: str) -> dict:
     return row
 
 
-def _curate_wave(wave: list[str], backend: Backend, cfg, state: dict) -> list[dict]:
+def _curate_wave(wave: list[str], backend: Backend, cfg, state: dict, sources: dict) -> list[dict]:
     """Read, annotate and write one wave of shards; one stats dict per shard."""
     import ray.data
 
@@ -166,7 +178,8 @@ def _curate_wave(wave: list[str], backend: Backend, cfg, state: dict) -> list[di
         table = rows_to_table([got[k] for k in sorted(got)], ANNOTATION_SCHEMA)
         counts = counts_of(table.column("decision").to_pylist(), table.column("reason").to_pylist())
         path = annotation_path(root, uri)
-        write_table(fs, path, table, {**state, "shard": uri, "counts": counts, "written_at": time.time()}, local)
+        write_table(fs, path, table, {**state, "shard": uri, "source": sources.get(uri), "counts": counts,
+                                      "written_at": time.time()}, local)
         stats.append({"shard": stem, "uri": uri, "path": path, "counts": counts})
     return stats
 
@@ -190,13 +203,15 @@ def curate(cfg, progress: bool = True, echo: Callable[[str], None] = log.info) -
     fs, root = shard_io.open_filesystem(cfg.data.annotations, cfg.data.s3)
     state = {"backend": backend.name, "model": backend.model, "prompt_version": cur.prompt_version}
     todo, skipped = [], []
+    sources = {uri: source_fingerprint(uri, cfg.data.s3) for uri in shards}
     for uri in shards:
         old = read_state(fs, annotation_path(root, uri))
         current = old is not None and old.get("model") == backend.model and \
-            old.get("prompt_version") == cur.prompt_version
+            old.get("prompt_version") == cur.prompt_version and \
+            sources[uri] is not None and old.get("source") == sources[uri]
         (skipped if current and not cur.force else todo).append((uri, old))
-    echo(f"curation: {len(shards)} shards, {len(todo)} to curate, {len(skipped)} already curated with "
-         f"model={backend.model!r} prompt={cur.prompt_version!r}; backend={backend.name}")
+    echo(f"curation: {len(shards)} shards, {len(todo)} to curate, {len(skipped)} already curated from the same shard "
+         f"bytes with model={backend.model!r} prompt={cur.prompt_version!r}; backend={backend.name}")
     if todo:
         backend.preflight()
     ctx = ray.data.DataContext.get_current()
@@ -207,7 +222,7 @@ def curate(cfg, progress: bool = True, echo: Callable[[str], None] = log.info) -
         bar = tqdm(total=len(todo), unit="shard", desc="curate", disable=not progress)
         for i in range(0, len(todo), cur.shards_per_wave):
             wave = [uri for uri, _ in todo[i : i + cur.shards_per_wave]]
-            stats += _curate_wave(wave, backend, cfg, state)
+            stats += _curate_wave(wave, backend, cfg, state, sources)
             bar.update(len(wave))
         bar.close()
     finally:

@@ -1,0 +1,245 @@
+"""The main job's stages, end to end: data -> curation -> bench -> training -> evaluation -> summary.
+
+    summary = pretrain(cfg)      # what `python jobs/pretrain.py` runs; Ray must already be initialised
+
+Every stage is skipped when its output is already there and current (SynthKitchen cache marker, curation state per
+shard, bench manifest), so a re-run only trains. The run directory holds config.yaml, the checkpoints (Ray Train
+storage), model.safetensors, bench/ (results.json, tables.md, plots) and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from instraction.config import Config, to_yaml
+
+Echo = Callable[[str], None]
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its descendants (Ray's raylet and workers started by
+    ray.init) every ``interval`` seconds. RSS counts shared pages once per process, so this is an upper bound."""
+
+    def __init__(self, interval: float = 0.5):
+        import psutil
+
+        self._root = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.peak_bytes = 0
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        for proc in [self._root, *self._root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except Exception:  # a process that just ended
+                continue
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_bytes = max(self.peak_bytes, self._sample())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_gib(self) -> float:
+        return round(self.peak_bytes / 2**30, 3)
+
+
+class Stages:
+    """Named, timed stages with a visible start/end line each (the main job's progress)."""
+
+    def __init__(self, echo: Echo):
+        self.echo = echo
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, what: str) -> Iterator[None]:
+        self.echo(f"[{len(self.seconds) + 1}] {name}: {what}")
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.perf_counter() - tic, 2)
+            self.echo(f"    {name} done in {self.seconds[name]:.1f} s")
+
+
+def run_directory(cfg: Config) -> str:
+    run_id = cfg.run.id or f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    root = cfg.run.dir.rstrip("/")
+    return f"{root}/{run_id}" if "://" in root else str(Path(root, run_id).resolve())
+
+
+def _write_text(path: str, text: str) -> None:
+    import fsspec
+
+    with fsspec.open(path, "w") as f:
+        f.write(text)
+
+
+def prepare_data(cfg: Config, stages: Stages) -> None:
+    """SynthKitchen when data.make_synthetic and the shards location holds no shard."""
+    from instraction.data import shards
+
+    if not cfg.data.make_synthetic:
+        return
+    try:
+        present = shards.list_shards(cfg.data.shards, cfg.data.s3)
+    except (FileNotFoundError, ValueError):
+        present = []
+    from instraction.data.synthetic import make_synthkitchen, read_marker
+
+    marker = read_marker(cfg.data.shards) if "://" not in cfg.data.shards else None
+    if present and marker is None:
+        return  # somebody else's shards: use them as they are
+    with stages("data", f"SynthKitchen -> {cfg.data.shards}"):
+        paths = make_synthkitchen(cfg.data.shards, cfg.data.synthetic, log=stages.echo)
+        stages.echo(f"    {len(paths)} shards ready")
+
+
+def curate(cfg: Config, stages: Stages) -> dict:
+    from instraction.curation.pipeline import curate as run_curation
+
+    with stages("curate", f"{cfg.curation.backend} backend -> {cfg.data.annotations}"):
+        summary = run_curation(cfg, progress=True, echo=stages.echo)
+        stages.echo(f"    annotation table: {json.dumps(summary.get('table', {}).get('decision', summary.get('table')))}")
+    return summary
+
+
+def build_bench(cfg: Config, stages: Stages) -> str:
+    from instraction.bench import build as bench_build
+
+    out = bench_build.default_out(cfg)
+    with stages("bench", f"InstrAct Bench (held-out {cfg.bench.holdout_fraction:.0%} of source videos) -> {out}"):
+        table = bench_build.read_annotations(cfg.data.annotations, cfg.data.s3)
+        tables = bench_build.build(table, cfg.bench, source=cfg.data.annotations)
+        bench_build.write(tables, out, bench_build.storage_options(cfg.data.s3))
+        counts = tables.manifest["counts"]
+        stages.echo(f"    semantic {counts['semantic']}, logic {counts['logic']}, dynamics {counts['dynamics']} clips "
+                    f"in {counts['dynamics_pools']} pools; train clips {counts['train']}")
+    return out
+
+
+def train(cfg: Config, run_dir: str, stages: Stages) -> dict:
+    from instraction.data.pipeline import format_report, training_dataset
+    from instraction.train.launch import run_training
+
+    with stages("train", f"Ray Train, {cfg.train.num_workers} workers, DeepSpeed ZeRO-{cfg.train.zero_stage}, "
+                         f"{cfg.train.max_steps} steps"):
+        pipe = training_dataset(cfg, "train")
+        result = run_training(cfg, run_dir, {"train": pipe.dataset})
+        try:
+            result["data_accounting"]["pipeline"] = pipe.report()
+            stages.echo("    " + format_report(result["data_accounting"]["pipeline"]).replace("\n", "\n    "))
+        except Exception as err:  # the accounting actor is gone (e.g. after a cluster restart): say so
+            result["data_accounting"]["pipeline"] = {"error": repr(err)}
+    return result
+
+
+def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, stages: Stages) -> dict:
+    """Trained model beside the untrained one (same init seed) and their static single-frame baselines."""
+    import torch
+
+    from instraction.bench import build as bench_build
+    from instraction.bench import report
+    from instraction.bench.evaluate import evaluate as score, load_bench_videos
+    from instraction.bench.plots import write_plots
+    from instraction.bench.scorers import InstrActionScorer, load_instraction
+    from instraction.data.tokenizer import build_tokenizer
+    from instraction.model.instraction import build_model
+
+    out = f"{run_dir}/bench"
+    with stages("evaluate", f"InstrAct Bench: trained vs untrained vs static (one random frame) -> {out}"):
+        tables = bench_build.load(bench_dir, bench_build.storage_options(cfg.data.s3))
+        videos = load_bench_videos(cfg, tables)
+        tokenizer = build_tokenizer(cfg.data.tokenizer)
+        torch.manual_seed(cfg.run.seed)
+        untrained = build_model(cfg, tokenizer.vocab_size)
+        methods: dict[str, Any] = {}
+        if weights:
+            trained = load_instraction(cfg, weights, tokenizer.vocab_size)
+            methods["InstrAction (trained)"] = score(InstrActionScorer(trained, tokenizer, cfg.data), tables, videos, cfg)
+        methods["untrained"] = score(InstrActionScorer(untrained, tokenizer, cfg.data), tables, videos, cfg)
+        Path(out).mkdir(parents=True, exist_ok=True) if "://" not in out else None
+        _write_text(f"{out}/results.json", report.dumps(methods))
+        _write_text(f"{out}/tables.md", report.tables_markdown(methods))
+        plots = write_plots(methods, out) if "://" not in out else []
+        stages.echo(report.compare_table(methods))
+    return {"methods": methods, "dir": out, "plots": plots}
+
+
+def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:
+    """Run every stage; write and return the run summary (summary.json in the run directory)."""
+    run_dir = run_directory(cfg)
+    if "://" not in run_dir:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+    _write_text(f"{run_dir}/config.yaml", to_yaml(cfg))
+    stages = Stages(echo)
+    echo(f"run directory: {run_dir}")
+    with PeakMemory() as memory:
+        prepare_data(cfg, stages)
+        curation = curate(cfg, stages)
+        bench_dir = build_bench(cfg, stages)
+        result = train(cfg, run_dir, stages)
+        evaluation = evaluate(cfg, run_dir, bench_dir, result.get("weights"), stages) if cfg.run.evaluate else None
+    summary = _summary(cfg, run_dir, curation, result, evaluation, stages, memory)
+    if result.get("mlflow_run_id") and evaluation:
+        _log_bench(cfg, result["mlflow_run_id"], evaluation, summary)
+    _write_text(f"{run_dir}/summary.json", json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict[str, Any]:
+    from instraction.train import tracking
+
+    methods = evaluation["methods"] if evaluation else {}
+    trained = methods.get("InstrAction (trained)", {})
+    bench = {task: trained.get(task, {}) for task in ("semantic", "logic", "dynamics")}
+    static = trained.get("controls", {}).get("static", {})
+    return {
+        "run_dir": run_dir,
+        "steps": result.get("steps", 0),
+        "mlflow_run_id": result.get("mlflow_run_id"),
+        "mlflow_tracking_uri": tracking.tracking_uri(cfg) if cfg.tracking.enabled else None,
+        "weights": result.get("weights"),
+        "bench": bench,
+        "baselines": {
+            "untrained": {t: methods.get("untrained", {}).get(t, {}) for t in ("semantic", "logic", "dynamics")},
+            "static_single_frame": static,
+        },
+        "temporal_gap": trained.get("temporal_gap", {}),
+        "data_accounting": {"curation": curation.get("table", {}), **result.get("data_accounting", {})},
+        "stage_seconds": stages.seconds,
+        "peak_memory_gib": memory.peak_gib,
+        "final_metrics": {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))},
+    }
+
+
+def _log_bench(cfg, run_id: str, evaluation: dict, summary: dict) -> None:
+    from instraction.bench.report import flatten_metrics
+    from instraction.train import tracking
+
+    metrics = {}
+    for method, results in evaluation["methods"].items():
+        prefix = "bench" if method.startswith("InstrAction") else f"baseline/{method}"
+        metrics.update(flatten_metrics(results, prefix=prefix))
+    metrics["peak_memory_gib"] = summary["peak_memory_gib"]
+    tracking.log_metrics(cfg, run_id, metrics, step=int(summary["steps"]))
+    files = [f"{evaluation['dir']}/results.json", f"{evaluation['dir']}/tables.md", *evaluation["plots"]]
+    tracking.log_artifacts(cfg, run_id, [f for f in files if "://" in f or os.path.exists(f)], artifact_path="bench")

@@ -1,0 +1,38 @@
+"""Build InstrAct Bench (Semantic / Logic / Dynamics) from a curated annotation table.
+
+    python jobs/build_bench.py                                   # embedded default (run jobs/curate.py first)
+    python jobs/build_bench.py --config configs/howto100m_viclip_b.yaml bench.out=s3://bucket/bench
+
+Reads every Parquet file under data.annotations, holds out bench.holdout_fraction of the source videos, writes
+semantic/logic/dynamics Parquet files and manifest.json to bench.out (default <annotations>/../bench).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from instraction.bench import build as bench_build  # noqa: E402
+from instraction.config import load_config  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="YAML config (default: dataclass defaults)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    out = bench_build.default_out(cfg)
+    table = bench_build.read_annotations(cfg.data.annotations, cfg.data.s3)
+    tables = bench_build.build(table, cfg.bench, source=cfg.data.annotations)
+    bench_build.write(tables, out, bench_build.storage_options(cfg.data.s3))
+    print(json.dumps({"bench": out, **tables.manifest["counts"], "skipped": tables.manifest["skipped"]}, indent=2))
+    return tables.manifest
+
+
+if __name__ == "__main__":
+    main()
