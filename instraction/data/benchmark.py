@@ -1,0 +1,304 @@
+"""Data benchmark: clips/s of the whole Ray Data pipeline (tar read + annotation join + decode + sample +
+tokenise [+ collate]) against raw decoding of the same clips with PyAV (``decode_frames``) and decord
+(``decode_frames_decord``), on the same cores, in one run; plus peak memory.
+
+    python jobs/benchmark.py data                       # 2 cores, 768 clips of 4 s 640x360 @ 30 fps -> 8 x 224^2
+    python jobs/benchmark.py data --cpus 4 --clips 512 --size 112 --whole-videos 8
+
+Same cores: the process pins itself to ``--cpus`` cores (sched_setaffinity) before starting anything, so the raw
+decoders (a pool of ``--cpus`` processes) and Ray (``num_cpus=--cpus``; raylet, decode actors and read tasks
+inherit the affinity) compete for exactly the same cores. The goal is pipeline >= 85% of the fastest raw decoder.
+
+Reported per pipeline run (uint8 rows = the raw decoders' output; collated = contract batches, float video):
+clips/s end to end (with Ray Data's start-up) and in steady state (the middle half of the rows), and the same as
+clips per CPU-second of the whole process tree, which other tenants of the cores cannot distort (wall clock on a
+shared machine can be). Peak memory: the summed RSS of this process and all descendants (raylet, GCS, workers),
+sampled every 50 ms (over-counts shared object-store pages).
+
+This is an entry point (called by jobs/benchmark.py), so it may start Ray: only if none is running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import resource
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from fractions import Fraction
+from multiprocessing import get_context
+from typing import Optional
+
+import numpy as np
+
+# Clips for the raw decoders: (bytes, start, end). A module global so forked pool workers inherit it unpickled.
+_CLIPS: list[tuple[bytes, Optional[float], Optional[float]]] = []
+
+
+def _texture_clip(rng: np.random.Generator, seconds: float, fps: int, width: int, height: int) -> bytes:
+    """An H.264 mp4 of a smooth random texture panning and brightening: real P-frame work for the decoder,
+    unlike flat synthetic frames."""
+    import av
+
+    base = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
+    base = np.kron(base, np.ones((8, 8, 1), np.uint8)).astype(np.int16)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "veryfast", "g": str(2 * fps), "crf": "23"}
+        for i in range(int(seconds * fps)):
+            shift = np.roll(base, (i * 3, i * 2), axis=(0, 1))[:height, :width]
+            frame = np.clip(shift + (i % 40) - 20 + rng.integers(-8, 8, shift.shape), 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def build_dataset(root: str, args) -> list[tuple[bytes, Optional[float], Optional[float]]]:
+    """Shards of pre-cut clips (and optional 4-segment whole videos) in the contract layout; returns the clips
+    with their windows exactly as the pipeline will decode them."""
+    import json
+
+    import webdataset as wds
+
+    rng = np.random.default_rng(0)
+    distinct = [_texture_clip(rng, args.seconds, args.fps, args.width, args.height) for _ in range(args.distinct)]
+    long_video = _texture_clip(rng, 4 * args.seconds, args.fps, args.width, args.height) if args.whole_videos else b""
+    samples, clips = [], []
+    captions = ["crack the egg into the bowl then whisk the egg", "chop the onion and then stir the sauce"]
+    for i in range(args.clips):
+        caption, mp4 = captions[i % 2], distinct[i % len(distinct)]
+        actions = ["crack egg", "whisk egg"] if i % 2 == 0 else ["chop onion", "stir sauce"]
+        meta = {"key": f"c{i:06d}", "video_id": f"v{i}", "caption": caption, "start": 0.0, "end": args.seconds,
+                "segments": [{"start": 0.0, "end": args.seconds, "text": caption}],
+                "synthkitchen": {"actions": actions, "verbs": [a.split()[0] for a in actions], "instructional": True}}
+        samples.append({"__key__": meta["key"], "mp4": mp4, "json": json.dumps(meta).encode(), "txt": caption.encode()})
+        clips.append((mp4, 0.0, args.seconds))
+    for w in range(args.whole_videos):
+        truth = {"actions": ["crack egg"], "verbs": ["crack"], "instructional": True}
+        segs = [{"start": s * args.seconds, "end": (s + 1) * args.seconds, "text": captions[s % 2],
+                 "synthkitchen": truth} for s in range(4)]
+        meta = {"key": f"w{w:05d}", "video_id": f"w{w}", "caption": "", "segments": segs}
+        samples.append({"__key__": meta["key"], "mp4": long_video, "json": json.dumps(meta).encode(), "txt": b"x"})
+        clips += [(long_video, s["start"], s["end"]) for s in segs]
+    order = np.random.default_rng(1).permutation(len(samples))
+    for shard, begin in enumerate(range(0, len(samples), args.shard_size)):
+        with open(os.path.join(root, f"{shard:05d}.tar"), "wb") as f:
+            writer = wds.TarWriter(f, encoder=False)
+            for j in order[begin: begin + args.shard_size]:
+                writer.write(samples[j])
+            writer.close()
+    return clips
+
+
+# ---------------------------------------------------------------------------------------------- raw decoders
+
+
+def _pyav_one(i: int, frames: int, size: int) -> int:
+    from instraction.data.video import decode_frames
+
+    data, start, end = _CLIPS[i]
+    return int(decode_frames(data, frames, size, start, end).shape[0])
+
+
+def _decord_one(i: int, frames: int, size: int) -> int:
+    """decord with the same sampling rule and libswscale resize (video.decode_frames_decord)."""
+    from instraction.data.video import decode_frames_decord
+
+    data, start, end = _CLIPS[i]
+    return int(decode_frames_decord(data, frames, size, start, end).shape[0])
+
+
+def _run_chunk(name: str, indices: list[int], frames: int, size: int) -> int:
+    fn = {"pyav": _pyav_one, "decord": _decord_one}[name]
+    return sum(fn(i, frames, size) for i in indices)
+
+
+def raw_decode(name: str, workers: int, frames: int, size: int, clips: int, repeats: int) -> dict:
+    """``workers`` forked processes decode the first ``clips`` clips, ``repeats`` times (pool warmed up before
+    any clock starts); the best run counts: ``{"clips_per_s", "clips_per_cpu_s"}``."""
+    n = min(clips, len(_CLIPS))
+    best = {"clips_per_s": 0.0, "clips_per_cpu_s": 0.0}
+    with ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
+        list(pool.map(_run_chunk, [name] * workers, [[0]] * workers, [frames] * workers, [size] * workers))
+        for _ in range(repeats):
+            chunks = [list(range(k, n, workers)) for k in range(workers)]
+            with TreeMonitor() as mon:
+                start = time.perf_counter()
+                done = sum(pool.map(_run_chunk, [name] * workers, chunks, [frames] * workers, [size] * workers))
+                wall = time.perf_counter() - start
+            assert done == n * frames
+            if n / wall > best["clips_per_s"]:
+                best = {"clips_per_s": n / wall, "clips_per_cpu_s": n / max(1e-9, mon.cpu_s())}
+    return best
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+
+
+class TreeMonitor:
+    """Samples this process and all its descendants every ``period`` s in a background thread: the peak of their
+    summed RSS, and the CPU seconds they used since ``__enter__`` (as a timeline, so a window can be read).
+
+    CPU time is what makes numbers comparable on a shared machine: other tenants stretch wall time, not the
+    CPU seconds our processes burn. Processes that exit keep their last sampled CPU time (<= one period lost).
+    """
+
+    def __init__(self, period: float = 0.05):
+        import psutil
+
+        self.proc, self.period, self._stop = psutil.Process(), period, threading.Event()
+        self.peak_rss, self._base, self._last, self.timeline = 0, {}, {}, []
+
+    def _sample(self) -> None:
+        rss = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                with p.oneshot():
+                    cpu = p.cpu_times()
+                    rss += p.memory_info().rss
+            except Exception:  # exited between listing and reading
+                continue
+            self._base.setdefault(p.pid, 0.0)  # a process born after __enter__ counts from zero
+            self._last[p.pid] = cpu.user + cpu.system
+        self.peak_rss = max(self.peak_rss, rss)
+        used = sum(self._last[pid] - self._base[pid] for pid in self._last)
+        self.timeline.append((time.perf_counter(), used))
+
+    def __enter__(self):
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                cpu = p.cpu_times()
+                self._base[p.pid] = self._last[p.pid] = cpu.user + cpu.system
+            except Exception:
+                pass
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def cpu_s(self, t0: Optional[float] = None, t1: Optional[float] = None) -> float:
+        """CPU seconds used between perf_counter times t0 and t1 (default: the whole span), interpolated."""
+        times, used = zip(*self.timeline)
+        at = lambda t: float(np.interp(t, times, used))  # noqa: E731
+        return at(t1 if t1 is not None else times[-1]) - at(t0 if t0 is not None else times[0])
+
+
+def run_pipeline(shards: str, args, collated: bool) -> dict:
+    """Iterate the training dataset to the end as a training worker would: uint8 numpy batches (the same output
+    as the raw decoders) or, with ``collated``, contract batches (float video normalised on the consumer)."""
+    from instraction.config import load_config
+    from instraction.data import examples, pipeline
+
+    per_actor = (args.cpus - 0.5) / args.cpus  # leave room for the (mostly I/O) read tasks
+    cfg = load_config(None, [f"data.shards={shards}", f"data.annotations={shards}/no-annotations",
+                             f"data.num_frames={args.frames}", f"data.size={args.size}",
+                             f"data.decode_concurrency={args.cpus}", f"data.decode_num_cpus={per_actor}",
+                             f"data.decode_batch_size={args.decode_batch}", "bench.holdout_fraction=0"])
+    pipe = pipeline.training_dataset(cfg, split="all")
+    with TreeMonitor() as mon:
+        start = time.perf_counter()
+        if collated:
+            batches = examples.iter_torch_batches(pipe.dataset, args.batch_size, cfg.data, drop_last=False)
+        else:
+            batches = examples.TimedBatches(pipe.dataset.iter_batches(
+                batch_size=args.batch_size, batch_format="numpy", prefetch_batches=cfg.data.prefetch_batches))
+        marks = []  # (perf_counter, rows so far) after each batch
+        for batch in batches:
+            marks.append((time.perf_counter(), (marks[-1][1] if marks else 0) + batch["video"].shape[0]))
+        end = time.perf_counter()
+    rows = marks[-1][1]
+    # steady state: the middle half of the rows (actor start-up before it, the final drain after it)
+    (t0, r0), (t1, r1) = (next(m for m in marks if m[1] >= q * rows) for q in (0.25, 0.75))
+    return {"clips": rows, "clips_per_s": rows / (end - start), "first_batch_s": marks[0][0] - start,
+            "steady_clips_per_s": (r1 - r0) / max(1e-9, t1 - t0),
+            "clips_per_cpu_s": rows / max(1e-9, mon.cpu_s()),
+            "steady_clips_per_cpu_s": (r1 - r0) / max(1e-9, mon.cpu_s(t0, t1)),
+            "consumer_wait_share": batches.data_wait_s / (end - start), "peak_tree_rss_mb": mon.peak_rss / 2**20,
+            "dropped": pipe.report()["dropped"]}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=768, help="clips through the pipeline (long: startup amortised)")
+    parser.add_argument("--raw-clips", type=int, default=128, help="clips per raw-decoder measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="raw measurements; the best counts")
+    parser.add_argument("--whole-videos", type=int, default=0, help="4-segment whole videos added to the clips")
+    parser.add_argument("--distinct", type=int, default=8, help="distinct encoded clips (reused under new keys)")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--width", type=int, default=640, help="HowTo100M-like 360p by default")
+    parser.add_argument("--height", type=int, default=360)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--shard-size", type=int, default=16)
+    parser.add_argument("--decode-batch", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+
+    cores = sorted(os.sched_getaffinity(0))[: args.cpus]
+    os.sched_setaffinity(0, cores)  # inherited by the raw pools and by Ray's processes started below
+    print(f"pinned to cores {cores}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        _CLIPS[:] = build_dataset(tmp, args)
+        print(f"built {len(_CLIPS)} clips ({sum(len(c[0]) for c in _CLIPS) / len(_CLIPS) / 1e3:.0f} kB avg) in "
+              f"{time.perf_counter() - t0:.1f}s", flush=True)
+        raw: dict[str, dict] = {}
+        for name in ("pyav", "decord"):
+            try:
+                raw[name] = raw_decode(name, args.cpus, args.frames, args.size, args.raw_clips, args.repeats)
+            except ImportError as err:
+                print(f"  {name}: not installed ({err})")
+        raw_child_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        import ray
+
+        own_ray = not ray.is_initialized()
+        if own_ray:
+            ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+        pipes = {"uint8 rows": run_pipeline(tmp, args, collated=False),
+                 "collated": run_pipeline(tmp, args, collated=True)}
+        if own_ray:
+            ray.shutdown()
+    print(f"\nraw decode of {min(args.raw_clips, len(_CLIPS))} clips by {args.cpus} processes on {args.cpus} cores "
+          f"({args.frames} frames -> {args.size}px), best of {args.repeats}:")
+    for name, r in raw.items():
+        print(f"  {name:8s} {r['clips_per_s']:7.1f} clips/s   {r['clips_per_cpu_s']:6.2f} clips per CPU-second")
+    fastest = max(raw, key=lambda k: raw[k]["clips_per_s"])
+    leanest = max(raw, key=lambda k: raw[k]["clips_per_cpu_s"])
+    verdict = lambda r: "met" if r >= 0.85 else "NOT met"  # noqa: E731
+    for kind, pipe in pipes.items():
+        print(f"pipeline -> {kind}, {pipe['clips']} clips (read+join+decode+sample+tokenise"
+              f"{'+collate' if kind == 'collated' else ''}; Ray num_cpus={args.cpus}):")
+        print(f"  end to end {pipe['clips_per_s']:7.1f} clips/s   {pipe['clips_per_cpu_s']:6.2f} clips per CPU-second "
+              f"(first batch after {pipe['first_batch_s']:.1f}s of start-up)")
+        print(f"  steady     {pipe['steady_clips_per_s']:7.1f} clips/s   {pipe['steady_clips_per_cpu_s']:6.2f} clips "
+              f"per CPU-second (middle half of the rows)")
+        wall = pipe["steady_clips_per_s"] / raw[fastest]["clips_per_s"]
+        cpu = pipe["steady_clips_per_cpu_s"] / raw[leanest]["clips_per_cpu_s"]
+        print(f"  / fastest raw ({fastest}), wall clock, steady: {wall:.2f} (goal >= 0.85: {verdict(wall)}); "
+              f"end to end incl. start-up: {pipe['clips_per_s'] / raw[fastest]['clips_per_s']:.2f}")
+        print(f"  / leanest raw ({leanest}), clips per CPU-second, steady: {cpu:.2f} (goal >= 0.85: {verdict(cpu)}; "
+              f"robust to other tenants of the cores)")
+        print(f"  consumer data-wait share {pipe['consumer_wait_share']:.2f} (consumer does no work: ~1 expected); "
+              f"peak RSS of the process tree {pipe['peak_tree_rss_mb']:.0f} MB (sum; over-counts shared pages)")
+        if pipe["dropped"]:
+            print(f"  dropped: {pipe['dropped']}")
+    print(f"largest raw-decoder process: {raw_child_peak_mb:.0f} MB RSS; load average now {os.getloadavg()[0]:.1f}")
+    return 0

@@ -1,0 +1,163 @@
+"""Rows of the decode stage -> the batch contract (DESIGN.md), and a batch iterator that times data waits.
+
+    batches = iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size=32, data=cfg.data)
+    for batch in batches:                       # dict of tensors, already on the Ray Train device
+        ...step...
+        if step % log_every == 0:
+            log(batches.take_window())           # {"data_wait_s", "elapsed_s", "data_wait_share", "batches"}
+
+Batch contract (B rows): ``video`` float32 [B,T,3,H,W] normalised with data.mean/std; ``text_ids`` long [B,L],
+``text_mask`` bool [B,L]; ``neg_ids`` long [B,Nn,L], ``neg_mask`` bool [B,Nn] (real negatives; padding rows are
+all pad), ``neg_token_mask`` bool [B,Nn,L] (extra: token mask of the negatives); ``verb_ids`` long [B,M,Lv],
+``verb_mask`` bool [B,M,Lv], ``verb_count`` long [B]; ``mam_ids`` long [B,L], ``mam_labels`` long [B,L]
+(-100 except masked action tokens); optional ``key`` list[str].
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from instraction.data.config import DataConfig
+
+_LONG = ("text_ids", "neg_ids", "verb_ids", "verb_count", "mam_ids", "mam_labels")
+_BOOL = ("text_mask", "neg_mask", "verb_mask")
+
+
+def _stack(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    if isinstance(batch, Mapping):
+        return batch
+    rows = list(batch)
+    return {k: (np.stack([np.asarray(r[k]) for r in rows]) if k != "key" else [r[k] for r in rows]) for k in rows[0]}
+
+
+def normalise_video(video: np.ndarray | torch.Tensor, data: DataConfig) -> torch.Tensor:
+    """uint8 [B,T,H,W,3] -> float32 [B,T,3,H,W], ``(x / 255 - mean) / std`` per channel (a tensor stays on its
+    device: uint8 batches can be moved first and normalised on the GPU).
+
+    Arrays are done in numpy on purpose: collation runs in Ray's prefetch threads beside the training step, and
+    numpy's single-threaded kernels do not wake torch's intra-op thread pool (whose spinning threads would take
+    cores from the step and the decoders). One pass transposes and converts, two in-place passes normalise.
+    """
+    if isinstance(video, torch.Tensor):  # e.g. uint8 frames already on the GPU: normalise there
+        mean = torch.tensor(data.mean, device=video.device).view(1, 1, 3, 1, 1) * 255.0
+        std = torch.tensor(data.std, device=video.device).view(1, 1, 3, 1, 1) * 255.0
+        v = video.permute(0, 1, 4, 2, 3).to(torch.float32, memory_format=torch.contiguous_format)
+        return v.sub_(mean).div_(std)
+    out = np.ascontiguousarray(np.asarray(video).transpose(0, 1, 4, 2, 3), dtype=np.float32)
+    mean = np.asarray(data.mean, np.float32).reshape(1, 1, 3, 1, 1) * 255.0
+    inv_std = 1.0 / (np.asarray(data.std, np.float32).reshape(1, 1, 3, 1, 1) * 255.0)
+    np.subtract(out, mean, out=out)
+    np.multiply(out, inv_std, out=out)
+    return torch.from_numpy(out)
+
+
+def collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], data: DataConfig,
+            include_keys: bool = True) -> dict[str, Any]:
+    """A numpy batch (dict of stacked columns, as Ray's ``iter_batches`` gives) or a list of decode-stage rows
+    -> the batch contract (module docstring) as CPU tensors."""
+    cols = _stack(batch)
+    out: dict[str, Any] = {"video": normalise_video(cols["video"], data)}
+    for name in _LONG:
+        out[name] = torch.from_numpy(np.array(cols[name], dtype=np.int64))
+    for name in _BOOL:
+        out[name] = torch.from_numpy(np.array(cols[name], dtype=bool))
+    out["neg_token_mask"] = (out["neg_ids"] != _pad_id(data)) & out["neg_mask"].unsqueeze(-1)
+    if include_keys and "key" in cols:
+        out["key"] = [str(k) for k in cols["key"]]
+    return out
+
+
+def _pad_id(data: DataConfig) -> int:
+    from instraction.data.tokenizer import build_tokenizer
+
+    if data.tokenizer not in _PAD_IDS:
+        _PAD_IDS[data.tokenizer] = int(build_tokenizer(data.tokenizer).pad_id)
+    return _PAD_IDS[data.tokenizer]
+
+
+_PAD_IDS: dict[str, int] = {}
+
+
+try:  # Ray >= 2.47 wants a callable class for custom collation (run in its prefetch threads).
+    from ray.data.collate_fn import NumpyBatchCollateFn as _CollateBase
+except Exception:  # pragma: no cover - older Ray
+    _CollateBase = object
+
+
+class Collate(_CollateBase):
+    """:func:`collate` as the callable class ``DataIterator.iter_torch_batches(collate_fn=...)`` expects."""
+
+    def __init__(self, data: DataConfig, include_keys: bool = False):
+        self.data, self.include_keys = data, include_keys
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        return collate(batch, self.data, self.include_keys)
+
+
+class TimedBatches:
+    """Iterates batches and measures the time the consumer spends waiting for the next one.
+
+    ``data_wait_s`` accumulates the time inside ``next()`` (fetch + collate not hidden by prefetching);
+    ``take_window()`` returns and resets the wait and wall time since the last call, so the training loop can
+    report ``data_wait_share`` = waiting / wall per logging interval.
+    """
+
+    def __init__(self, batches: Iterable[Any]):
+        self._batches = batches
+        self.data_wait_s = 0.0
+        self.batches = 0
+        self._window_wait = 0.0
+        self._window_batches = 0
+        self._window_start: Optional[float] = None
+
+    def __iter__(self) -> Iterator[Any]:
+        it = iter(self._batches)
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                self._add(time.perf_counter() - t0, 0)
+                return
+            self._add(time.perf_counter() - t0, 1)
+            yield batch
+
+    def _add(self, waited: float, n: int) -> None:
+        self.data_wait_s += waited
+        self._window_wait += waited
+        self.batches += n
+        self._window_batches += n
+
+    def take_window(self) -> dict[str, float]:
+        now = time.perf_counter()
+        elapsed = now - (self._window_start if self._window_start is not None else now)
+        out = {"data_wait_s": self._window_wait, "elapsed_s": elapsed,
+               "data_wait_share": self._window_wait / elapsed if elapsed > 0 else 0.0,
+               "batches": float(self._window_batches)}
+        self._window_wait, self._window_batches, self._window_start = 0.0, 0, now
+        return out
+
+
+def iter_torch_batches(dataset_shard, batch_size: int, data: DataConfig, *, drop_last: bool = True,
+                       include_keys: bool = False, device: str = "auto", seed: Optional[int] = None) -> TimedBatches:
+    """Contract batches from a Ray ``DataIterator`` (``ray.train.get_dataset_shard``) or ``Dataset``, timed.
+
+    Collation runs in Ray's prefetch threads (``data.prefetch_batches``), so the measured wait is what the step
+    really waited. Without ``include_keys`` a batch holds tensors only and Ray moves it to the Ray Train device.
+    """
+    batches = dataset_shard.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=Collate(data, include_keys),
+        prefetch_batches=data.prefetch_batches,
+        drop_last=drop_last,
+        local_shuffle_buffer_size=max(data.shuffle_buffer, batch_size) if data.shuffle_buffer else None,
+        local_shuffle_seed=seed,
+        device=device,
+    )
+    return TimedBatches(batches)
