@@ -37,7 +37,7 @@ class RunConfig:
     dir: str = "runs"
     """Parent of run directories (local path or s3:// URI)."""
     seed: int = 0
-    """Global seed: data order, model init, SynthKitchen rendering."""
+    """Global seed: model init, data order and sampling (SynthKitchen has its own data.synthetic.seed)."""
     id: Optional[str] = None
     """Run directory name under ``dir``; default ``<name>-<UTC timestamp>``. Reusing an id resumes that run from its
     latest checkpoint (with train.resume=true)."""

@@ -243,3 +243,45 @@ def _log_bench(cfg, run_id: str, evaluation: dict, summary: dict) -> None:
     tracking.log_metrics(cfg, run_id, metrics, step=int(summary["steps"]))
     files = [f"{evaluation['dir']}/results.json", f"{evaluation['dir']}/tables.md", *evaluation["plots"]]
     tracking.log_artifacts(cfg, run_id, [f for f in files if "://" in f or os.path.exists(f)], artifact_path="bench")
+
+
+def benchmark(argv: list[str] | None = None) -> int:
+    """``python jobs/benchmark.py e2e [--config PATH] [key=value ...]``: the main job's wall time per stage, its
+    share of the whole, and peak memory. The stages' caches are bypassed (fresh data/annotation/run directories
+    under a temporary root) so every stage really runs."""
+    import argparse
+    import tempfile
+
+    import ray
+
+    from instraction.config import load_config
+
+    parser = argparse.ArgumentParser(prog="benchmark.py e2e")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"))
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args(argv)
+    root = tempfile.mkdtemp(prefix="instraction-e2e-")
+    cfg = load_config(args.config, [f"data.shards={root}/shards", f"data.annotations={root}/annotations",
+                                    f"run.dir={root}/runs", *args.overrides])
+    if not ray.is_initialized():
+        t, d = cfg.train, cfg.data
+        needed = t.num_workers * t.cpus_per_worker + d.decode_concurrency * d.decode_num_cpus + d.read_num_cpus
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 2, int(needed + 0.999)), include_dashboard=False,
+                 log_to_driver=False)
+    tic = time.perf_counter()
+    summary = pretrain(cfg, echo=lambda line: None)
+    total = time.perf_counter() - tic
+    print(f"{'stage':<10} {'seconds':>9} {'share':>7}")
+    for stage, seconds in summary["stage_seconds"].items():
+        print(f"{stage:<10} {seconds:>9.1f} {seconds / total:>7.1%}")
+    print(f"{'total':<10} {total:>9.1f}   (ray start not included)")
+    print(f"peak memory (RSS of the driver and all Ray processes): {summary['peak_memory_gib']:.2f} GiB")
+    sem, logic = summary["bench"].get("semantic", {}), summary["bench"].get("logic", {})
+    print(f"steps {summary['steps']}; Semantic R@1 {sem.get('R@1', float('nan')):.1f}; "
+          f"Logic ACC {logic.get('ACC', float('nan')):.1f}")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+    return 0

@@ -26,7 +26,7 @@ BENCHMARKS = {
     "data": "instraction.data.benchmark:main",
     "curation": "instraction.curation.benchmark:main",
     "train": "instraction.train.benchmark:main",
-    "e2e": "instraction.train.e2e_benchmark:main",
+    "e2e": "instraction.workflow:benchmark",
 }
 
 
