@@ -86,10 +86,13 @@ def run_directory(cfg: Config) -> str:
     return f"{root}/{run_id}" if "://" in root else str(Path(root, run_id).resolve())
 
 
-def _write_text(path: str, text: str) -> None:
-    import fsspec
+def _write_text(path: str, text: str, s3=None) -> None:
+    """Write a small text file to a local path or s3:// (the S3 endpoint/credentials of data.s3)."""
+    from instraction.data.shards import open_filesystem
 
-    with fsspec.open(path, "w") as f:
+    fs, target = open_filesystem(path, s3)
+    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(target, "w") as f:
         f.write(text)
 
 
@@ -129,7 +132,7 @@ def build_bench(cfg: Config, stages: Stages) -> str:
     with stages("bench", f"InstrAct Bench (held-out {cfg.bench.holdout_fraction:.0%} of source videos) -> {out}"):
         table = bench_build.read_annotations(cfg.data.annotations, cfg.data.s3)
         tables = bench_build.build(table, cfg.bench, source=cfg.data.annotations)
-        bench_build.write(tables, out, bench_build.storage_options(cfg.data.s3))
+        bench_build.write(tables, out, cfg.data.s3)
         counts = tables.manifest["counts"]
         stages.echo(f"    semantic {counts['semantic']}, logic {counts['logic']}, dynamics {counts['dynamics']} clips "
                     f"in {counts['dynamics_pools']} pools; train clips {counts['train']}")
@@ -166,7 +169,7 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
 
     out = f"{run_dir}/bench"
     with stages("evaluate", f"InstrAct Bench: trained vs untrained vs static (one random frame) -> {out}"):
-        tables = bench_build.load(bench_dir, bench_build.storage_options(cfg.data.s3))
+        tables = bench_build.load(bench_dir, cfg.data.s3)
         videos = load_bench_videos(cfg, tables)
         tokenizer = build_tokenizer(cfg.data.tokenizer)
         torch.manual_seed(cfg.run.seed)
@@ -176,9 +179,8 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
             trained = load_instraction(cfg, weights, tokenizer.vocab_size)
             methods["InstrAction (trained)"] = score(InstrActionScorer(trained, tokenizer, cfg.data), tables, videos, cfg)
         methods["untrained"] = score(InstrActionScorer(untrained, tokenizer, cfg.data), tables, videos, cfg)
-        Path(out).mkdir(parents=True, exist_ok=True) if "://" not in out else None
-        _write_text(f"{out}/results.json", report.dumps(methods))
-        _write_text(f"{out}/tables.md", report.tables_markdown(methods))
+        _write_text(f"{out}/results.json", report.dumps(methods), cfg.data.s3)
+        _write_text(f"{out}/tables.md", report.tables_markdown(methods), cfg.data.s3)
         plots = write_plots(methods, out) if "://" not in out else []
         stages.echo(report.compare_table(methods))
     return {"methods": methods, "dir": out, "plots": plots}
@@ -186,10 +188,12 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
 
 def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:
     """Run every stage; write and return the run summary (summary.json in the run directory)."""
+    from instraction.bench.report import dumps
+
     run_dir = run_directory(cfg)
     if "://" not in run_dir:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-    _write_text(f"{run_dir}/config.yaml", to_yaml(cfg))
+    _write_text(f"{run_dir}/config.yaml", to_yaml(cfg), cfg.data.s3)
     stages = Stages(echo)
     echo(f"run directory: {run_dir}")
     with PeakMemory() as memory:
@@ -201,7 +205,7 @@ def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:
     summary = _summary(cfg, run_dir, curation, result, evaluation, stages, memory)
     if result.get("mlflow_run_id") and evaluation:
         _log_bench(cfg, result["mlflow_run_id"], evaluation, summary)
-    _write_text(f"{run_dir}/summary.json", json.dumps(summary, indent=2, default=str))
+    _write_text(f"{run_dir}/summary.json", dumps(summary), cfg.data.s3)
     return summary
 
 

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = bench_build.default_out(cfg)
     table = bench_build.read_annotations(cfg.data.annotations, cfg.data.s3)
     tables = bench_build.build(table, cfg.bench, source=cfg.data.annotations)
-    bench_build.write(tables, out, bench_build.storage_options(cfg.data.s3))
+    bench_build.write(tables, out, cfg.data.s3)
     print(json.dumps({"bench": out, **tables.manifest["counts"], "skipped": tables.manifest["skipped"]}, indent=2))
     return tables.manifest
 

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         name, scorer = args.name or ("InstrAction" if weights else "untrained"), InstrActionScorer(model, tokenizer, cfg.data)
 
     bench_dir = bench_build.default_out(cfg)
-    tables = bench_build.load(bench_dir, bench_build.storage_options(cfg.data.s3))
+    tables = bench_build.load(bench_dir, cfg.data.s3)
     videos = BenchVideos(cfg, tables)
     results = evaluate(scorer, tables, videos, cfg)
     results["meta"] = {"method": name, "checkpoint": str(weights) if weights else None, "bench": bench_dir,

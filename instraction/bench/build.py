@@ -23,6 +23,7 @@ import pandas as pd
 
 from instraction import lexicon
 from instraction.bench.config import BenchConfig
+from instraction.data.shards import open_filesystem
 from instraction.data.split import is_holdout
 
 BENCH_VERSION = "1"
@@ -126,11 +127,9 @@ def build(table: pd.DataFrame, bench: BenchConfig, source: str = "") -> BenchTab
     return BenchTables(pd.DataFrame(semantic), pd.DataFrame(logic), dynamics, manifest)
 
 
-def write(tables: BenchTables, out_dir: str, storage_options: dict | None = None) -> None:
-    """Write the three Parquet files and manifest.json (local path or s3:// via fsspec)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
+def write(tables: BenchTables, out_dir: str, s3=None) -> None:
+    """Write the three Parquet files and manifest.json (local path or s3://; ``s3``: an S3Config)."""
+    fs, root = open_filesystem(out_dir, s3)
     fs.makedirs(root, exist_ok=True)
     for name in ("semantic", "logic", "dynamics"):
         with fs.open(f"{root}/{name}.parquet", "wb") as f:
@@ -139,10 +138,8 @@ def write(tables: BenchTables, out_dir: str, storage_options: dict | None = None
         json.dump(tables.manifest, f, indent=2)
 
 
-def load(out_dir: str, storage_options: dict | None = None) -> BenchTables:
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(out_dir, **(storage_options or {}))
+def load(out_dir: str, s3=None) -> BenchTables:
+    fs, root = open_filesystem(out_dir, s3)
     frames = {}
     for name in ("semantic", "logic", "dynamics"):
         with fs.open(f"{root}/{name}.parquet", "rb") as f:
@@ -152,23 +149,10 @@ def load(out_dir: str, storage_options: dict | None = None) -> BenchTables:
     return BenchTables(**frames, manifest=manifest)
 
 
-def storage_options(s3) -> dict:
-    """fsspec options for s3:// locations from an S3Config (credentials stay in the standard AWS chain)."""
-    opts: dict[str, Any] = {}
-    if getattr(s3, "endpoint_url", None):
-        opts["client_kwargs"] = {"endpoint_url": s3.endpoint_url}
-    if getattr(s3, "anon", False):
-        opts["anon"] = True
-    return opts
-
-
 def read_annotations(location: str, s3=None) -> pd.DataFrame:
     """All annotation Parquet files under ``location`` (local or s3://) as one DataFrame."""
-    import fsspec
-
-    opts = storage_options(s3) if location.startswith("s3://") else {}
-    fs, root = fsspec.core.url_to_fs(location, **opts)
-    files = sorted(p for p in fs.glob(f"{root.rstrip('/')}/*.parquet"))
+    fs, root = open_filesystem(location, s3)
+    files = sorted(fs.glob(f"{root.rstrip('/')}/*.parquet"))
     if not files:
         raise FileNotFoundError(f"no annotation Parquet files under {location!r}; run jobs/curate.py first")
     frames = []
