@@ -1,0 +1,44 @@
+"""Soft-DTW (Cuturi & Blondel 2017) with a PyTorch backend and a Triton kernel; the maths is in README.md.
+
+    soft_dtw(cost [B,N,M], gamma=1.0, lengths_n=None, lengths_m=None, backend="auto") -> [B]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.soft_dtw.reference import check_inputs, soft_dtw_torch
+
+__all__ = ["soft_dtw"]
+
+_BACKENDS = ("auto", "torch", "triton")
+
+
+def soft_dtw(cost: torch.Tensor, gamma: float = 1.0, lengths_n: torch.Tensor | None = None,
+             lengths_m: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """Soft-DTW value of each pair: R[n_b, m_b] of the recurrence
+
+        R[0,0] = 0,  R[i,0] = R[0,j] = +inf,
+        R[i,j] = cost[b,i-1,j-1] + softmin_gamma(R[i-1,j-1], R[i-1,j], R[i,j-1]),
+        softmin_gamma(a) = -gamma * log(sum(exp(-a / gamma))).
+
+    Args:
+        cost: [B,N,M] pairwise costs (float64, float32, float16 or bfloat16; half types accumulate in float32).
+        gamma: smoothing, > 0; gamma -> 0 gives hard DTW.
+        lengths_n, lengths_m: optional integer [B] with 1 <= n_b <= N, 1 <= m_b <= M (a missing one means full
+            length). Pair b uses cost[b, :n_b, :m_b]; values beyond are ignored and get exactly zero gradient.
+        backend: "auto" (Triton for CUDA tensors, torch otherwise), "torch", or "triton" (CUDA, or CPU tensors
+            under TRITON_INTERPRET=1).
+    Returns:
+        [B] in cost.dtype, differentiable w.r.t. cost.
+    """
+    if backend not in _BACKENDS:
+        raise ValueError(f"soft_dtw: backend must be one of {_BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = "triton" if cost.is_cuda else "torch"
+    if backend == "torch":
+        return soft_dtw_torch(cost, gamma, lengths_n, lengths_m)
+    from kernels.soft_dtw.triton import soft_dtw_triton  # imports triton only when asked for
+
+    lengths_n, lengths_m = check_inputs(cost, gamma, lengths_n, lengths_m)
+    return soft_dtw_triton(cost, float(gamma), lengths_n, lengths_m)

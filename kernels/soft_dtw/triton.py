@@ -1,0 +1,192 @@
+"""Soft-DTW Triton kernels: anti-diagonal wavefront forward and backward, many pairs per program.
+
+    soft_dtw_triton(cost [B,N,M], gamma, lengths_n [B] | None, lengths_m [B] | None) -> [B]  (cost.dtype)
+
+Forward (one program = BLOCK_B pairs; the batch is the first axis of every tile so the interpreter, which pays per
+operation, and the GPU, which pays per barrier, both amortise over pairs): for each anti-diagonal k = i + j the
+cells are processed in tiles of BLOCK_I rows (no length cap), each cell
+    R[i,j] = cost[i-1,j-1] + mn - gamma * log(sum_t e_t),   e_t = exp((mn - R_t) / gamma),  mn = min_t R_t
+over its three predecessors t (up (i-1,j), left (i,j-1), diag (i-1,j-1)), with +inf borders. The last two
+diagonals live in a rolling [B, 3, N+2] buffer; a CTA barrier separates diagonals. The soft-min weights
+w_t = e_t / sum e are saved ([3, B, N, M], float32) so the backward is exponential-free:
+    E[i,j] = w_up[i+1,j] E[i+1,j] + w_left[i,j+1] E[i,j+1] + w_diag[i+1,j+1] E[i+1,j+1],  E[n_b,m_b] = dL/dvalue_b
+(Cuturi & Blondel 2017, alg. 2), a reverse wavefront that writes E straight into the gradient buffer. Cells past
+(n_b, m_b) are masked: R = +inf, w = 0, E = 0 (so padding gets exactly zero gradient). float16/bfloat16 costs
+accumulate in float32. Memory: 3 float32 per cell saved for the backward (3x a saved R; buys no exp/log there).
+
+Configs: on CUDA the kernels are autotuned over (BLOCK_B, BLOCK_I, num_warps); under TRITON_INTERPRET=1 a fixed
+config is used (autotuning with several configs needs a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["soft_dtw_triton"]
+
+_INTERPRET_CONFIG = dict(BLOCK_B=16, BLOCK_I=16)  # small tiles: the tests' odd lengths (63) span several tiles
+_CUDA_CONFIGS = [
+    triton.Config(dict(BLOCK_B=bb, BLOCK_I=bi), num_warps=nw)
+    for bb, bi, nw in [(1, 64, 2), (1, 256, 4), (1, 512, 8), (2, 64, 2), (2, 128, 4), (4, 32, 2), (4, 64, 4),
+                       (4, 128, 4), (8, 32, 4), (8, 64, 4), (16, 32, 4)]
+]
+
+
+@triton.jit
+def _sdtw_fwd_kernel(cost_ptr, len_n_ptr, len_m_ptr, out_ptr, w_up_ptr, w_left_ptr, w_diag_ptr, rbuf_ptr, B, N, M,
+                     stride_b, stride_n, stride_m, gamma, inv_gamma,
+                     BLOCK_B: tl.constexpr, BLOCK_I: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = b < B
+    n_b = tl.load(len_n_ptr + b, mask=b_ok, other=1)[:, None]
+    m_b = tl.load(len_m_ptr + b, mask=b_ok, other=1)[:, None]
+    b64 = b.to(tl.int64)[:, None]
+    width = N + 2
+    rows = rbuf_ptr + b64 * (3 * width)  # rolling rows: diagonal k lives in row k % 3
+    lane = tl.arange(0, BLOCK_I)[None, :]
+    inf = float("inf")
+    for i0 in range(0, width, BLOCK_I):  # diagonals 0 and 1: R[0,0] = 0, the rest of the border +inf
+        i = i0 + lane
+        ok = b_ok[:, None] & (i < width)
+        tl.store(rows + i, tl.where(i == 0, 0.0, inf), mask=ok)
+        tl.store(rows + width + i, tl.full([BLOCK_B, BLOCK_I], inf, tl.float32), mask=ok)
+    tl.debug_barrier()
+    for k in range(2, N + M + 1):
+        cur = rows + (k % 3) * width
+        prev = rows + ((k - 1) % 3) * width
+        prev2 = rows + ((k - 2) % 3) * width
+        border = tl.full([BLOCK_B, 1], inf, tl.float32)
+        tl.store(cur, border, mask=b_ok[:, None])  # R[0, k]
+        tl.store(cur + tl.minimum(k, N + 1), border, mask=b_ok[:, None])  # R[k, 0] (column N+1 is never read)
+        lo = tl.maximum(k - M, 1)
+        hi = tl.minimum(k - 1, N)
+        for i0 in range(lo, hi + 1, BLOCK_I):
+            i = i0 + lane
+            j = k - i
+            band = b_ok[:, None] & (i <= hi)
+            valid = band & (i <= n_b) & (j <= m_b)
+            up = tl.where(valid, tl.load(prev + i - 1, mask=band, other=inf), 0.0)  # R[i-1, j]
+            left = tl.where(valid, tl.load(prev + i, mask=band, other=inf), 0.0)  # R[i, j-1]
+            diag = tl.where(valid, tl.load(prev2 + i - 1, mask=band, other=inf), 0.0)  # R[i-1, j-1]
+            c = tl.load(cost_ptr + b64 * stride_b + (i - 1) * stride_n + (j - 1) * stride_m, mask=valid, other=0.0)
+            mn = tl.minimum(tl.minimum(up, left), diag)  # finite: a valid cell has a finite predecessor
+            e_up = tl.exp((mn - up) * inv_gamma)
+            e_left = tl.exp((mn - left) * inv_gamma)
+            e_diag = tl.exp((mn - diag) * inv_gamma)
+            total = e_up + e_left + e_diag  # >= 1
+            r = c.to(tl.float32) + mn - gamma * tl.log(total)
+            tl.store(cur + i, tl.where(valid, r, inf), mask=band)
+            cell = b64 * N * M + (i - 1) * M + (j - 1)
+            inv_total = 1.0 / total
+            tl.store(w_up_ptr + cell, tl.where(valid, e_up * inv_total, 0.0), mask=band)
+            tl.store(w_left_ptr + cell, tl.where(valid, e_left * inv_total, 0.0), mask=band)
+            tl.store(w_diag_ptr + cell, tl.where(valid, e_diag * inv_total, 0.0), mask=band)
+            tl.store(out_ptr + b64 + 0 * i, r, mask=valid & (i == n_b) & (j == m_b))
+        tl.debug_barrier()  # diagonal k is complete before k + 1 reads it
+
+
+@triton.jit
+def _sdtw_bwd_kernel(w_up_ptr, w_left_ptr, w_diag_ptr, len_n_ptr, len_m_ptr, grad_out_ptr, grad_ptr, B, N, M,
+                     BLOCK_B: tl.constexpr, BLOCK_I: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = b < B
+    n_b = tl.load(len_n_ptr + b, mask=b_ok, other=1)[:, None]
+    m_b = tl.load(len_m_ptr + b, mask=b_ok, other=1)[:, None]
+    seed = tl.load(grad_out_ptr + b, mask=b_ok, other=0.0).to(tl.float32)[:, None]
+    b64 = b.to(tl.int64)[:, None]
+    lane = tl.arange(0, BLOCK_I)[None, :]
+    for kk in range(0, N + M - 1):
+        k = N + M - kk
+        lo = tl.maximum(k - M, 1)
+        hi = tl.minimum(k - 1, N)
+        for i0 in range(lo, hi + 1, BLOCK_I):
+            i = i0 + lane
+            j = k - i
+            band = b_ok[:, None] & (i <= hi)
+            valid = band & (i <= n_b) & (j <= m_b)
+            down = valid & (i < n_b)  # successor (i+1, j) exists; its "up" predecessor is (i, j)
+            right = valid & (j < m_b)  # successor (i, j+1); its "left" predecessor is (i, j)
+            both = down & right  # successor (i+1, j+1); its "diag" predecessor is (i, j)
+            cell = b64 * N * M + (i - 1) * M + (j - 1)
+            e = tl.load(w_up_ptr + cell + M, mask=down, other=0.0) * tl.load(grad_ptr + cell + M, mask=down, other=0.0)
+            e += tl.load(w_left_ptr + cell + 1, mask=right, other=0.0) * \
+                tl.load(grad_ptr + cell + 1, mask=right, other=0.0)
+            e += tl.load(w_diag_ptr + cell + M + 1, mask=both, other=0.0) * \
+                tl.load(grad_ptr + cell + M + 1, mask=both, other=0.0)
+            e = tl.where((i == n_b) & (j == m_b), seed, e)
+            tl.store(grad_ptr + cell, tl.where(valid, e, 0.0), mask=band)
+        tl.debug_barrier()  # diagonal k is complete before k - 1 reads it
+
+
+_TUNED: dict = {}
+
+
+def _launcher(kernel, name: str, device: torch.device):
+    """(kernel, fixed meta-parameters): autotuned on CUDA, fixed config in the interpreter."""
+    if device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if name not in _TUNED:
+            _TUNED[name] = triton.autotune(configs=_CUDA_CONFIGS, key=["B", "N", "M"])(kernel)
+        return _TUNED[name], {}
+    return kernel, dict(_INTERPRET_CONFIG)
+
+
+def _grid(batch: int, meta: dict):
+    return lambda m: (triton.cdiv(batch, (meta or m)["BLOCK_B"]),)
+
+
+def _forward(cost: torch.Tensor, gamma: float, lengths_n: torch.Tensor, lengths_m: torch.Tensor):
+    """Values [B] float32 and the soft-min weights [3, B, N, M] float32."""
+    b, n, m = cost.shape
+    out = torch.empty(b, dtype=torch.float32, device=cost.device)
+    weights = torch.empty((3, b, n, m), dtype=torch.float32, device=cost.device)
+    rbuf = torch.empty((b, 3, n + 2), dtype=torch.float32, device=cost.device)
+    kernel, meta = _launcher(_sdtw_fwd_kernel, "fwd", cost.device)
+    kernel[_grid(b, meta)](cost, lengths_n, lengths_m, out, weights[0], weights[1], weights[2], rbuf, b, n, m,
+                           cost.stride(0), cost.stride(1), cost.stride(2), float(gamma), 1.0 / float(gamma), **meta)
+    return out, weights
+
+
+def _backward(weights: torch.Tensor, lengths_n: torch.Tensor, lengths_m: torch.Tensor, grad_out: torch.Tensor):
+    """Gradient [B, N, M] float32 of sum_b grad_out[b] * value_b (exactly zero past each pair's lengths)."""
+    _, b, n, m = weights.shape
+    grad = torch.empty((b, n, m), dtype=torch.float32, device=weights.device)
+    kernel, meta = _launcher(_sdtw_bwd_kernel, "bwd", weights.device)
+    kernel[_grid(b, meta)](weights[0], weights[1], weights[2], lengths_n, lengths_m, grad_out.float().contiguous(),
+                           grad, b, n, m, **meta)
+    return grad
+
+
+class _SoftDTWTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cost, gamma, lengths_n, lengths_m):
+        value, weights = _forward(cost, gamma, lengths_n, lengths_m)
+        ctx.save_for_backward(weights, lengths_n, lengths_m)
+        ctx.dtype = cost.dtype
+        return value.to(cost.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        weights, lengths_n, lengths_m = ctx.saved_tensors
+        return _backward(weights, lengths_n, lengths_m, grad_out).to(ctx.dtype), None, None, None
+
+
+def soft_dtw_triton(cost: torch.Tensor, gamma: float, lengths_n: torch.Tensor | None = None,
+                    lengths_m: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft-DTW values [B] (cost.dtype) of cost [B,N,M]; lengths_n/lengths_m long [B] (None: full length).
+    Inputs are assumed validated (kernels.soft_dtw does it)."""
+    b, n, m = cost.shape
+    if lengths_n is None:
+        lengths_n = torch.full((b,), n, dtype=torch.int32, device=cost.device)
+    if lengths_m is None:
+        lengths_m = torch.full((b,), m, dtype=torch.int32, device=cost.device)
+    lengths_n = lengths_n.to(device=cost.device, dtype=torch.int32).contiguous()
+    lengths_m = lengths_m.to(device=cost.device, dtype=torch.int32).contiguous()
+    if b == 0:
+        return cost.sum(dim=(1, 2))
+    return _SoftDTWTriton.apply(cost, float(gamma), lengths_n, lengths_m)

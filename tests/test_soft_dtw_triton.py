@@ -1,0 +1,111 @@
+"""kernels.soft_dtw Triton kernels against the torch backend (float64), forward and gradient, in Triton's
+interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 unless it is set). On a CUDA machine the same tests
+also run on CUDA tensors; to test the compiled (autotuned) kernels there, disable the interpreter:
+
+    python -m pytest tests/test_soft_dtw_triton.py -q
+    TRITON_INTERPRET=0 python -m pytest tests/test_soft_dtw_triton.py -q     # GPU: compiled kernels
+
+Tolerances (the reference is float64 on the very same, already rounded, cost):
+  float32 kernel: values rtol 4e-6 - each of the n+m-1 wavefront steps adds a log/exp rounding of ~eps32 = 1.2e-7
+      relative to R (<= 126 steps here, errors partly cancel). Gradients atol 4 * eps32 * max(R) / gamma: R is held
+      to ~eps32 * R, which is an absolute error eps32 * R / gamma in the exponents of the soft-min weights, and
+      E (in [0, 1]) inherits it; any float32 soft-DTW has this floor (e.g. 4e-5 at R ~ 80, gamma = 0.1).
+  float16 / bfloat16 costs: the kernel accumulates in float32, so on top of that only the final rounding of value
+      and gradient to the half type is added: rtol = 2 ulp (fp16 2^-10, bf16 2^-7) on values, atol = 2 ulp of 1 on E.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from kernels.soft_dtw.benchmark import random_cost as shared_random_cost
+from kernels.soft_dtw.reference import soft_dtw_torch
+from kernels.soft_dtw.triton import soft_dtw_triton
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def random_cost(b, n, m, seed, dtype=torch.float32, device="cpu"):
+    return shared_random_cost(b, n, m, seed, dtype=dtype, device=device)
+
+
+def weights(b, seed=0):
+    """Random upstream gradients, so grad_out is not all ones."""
+    return torch.randn(b, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def run_triton(cost, gamma, lengths_n, lengths_m, w):
+    """(value, d sum(w * value) / d cost) from the Triton kernels."""
+    ours = cost.detach().clone().requires_grad_()
+    value = soft_dtw_triton(ours, gamma, lengths_n, lengths_m)
+    (value.double() * w.to(value.device)).sum().backward()
+    return value, ours.grad
+
+
+def check_against_torch(cost, gamma, lengths_n=None, lengths_m=None, rtol=4e-6, atol=0.0):
+    """Value and gradient against the float64 torch backend; the gradient tolerance is
+    (atol + 4 * eps32 * max|R| / gamma) * max|w| (see the module docstring). Returns the Triton (value, grad)."""
+    w = weights(cost.shape[0])
+    value, grad = run_triton(cost, gamma, lengths_n, lengths_m, w)
+    ref = cost.detach().cpu().double().requires_grad_()
+    lengths = [None if t is None else t.cpu() for t in (lengths_n, lengths_m)]
+    want = soft_dtw_torch(ref, gamma, *lengths)
+    (want * w).sum().backward()
+    assert value.dtype == cost.dtype and grad.dtype == cost.dtype
+    torch.testing.assert_close(value.double().cpu(), want, rtol=rtol, atol=0)
+    floor = 4 * torch.finfo(torch.float32).eps * want.abs().max().item() / gamma
+    torch.testing.assert_close(grad.double().cpu(), ref.grad, rtol=0, atol=(atol + floor) * w.abs().max().item())
+    return value, grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("gamma", [0.1, 1.0])
+@pytest.mark.parametrize("n,m", [(1, 1), (7, 7), (1, 7), (7, 1), (63, 5), (5, 63), (20, 37)])
+def test_matches_torch_backend_odd_shapes(device, n, m, gamma):
+    check_against_torch(random_cost(5, n, m, seed=n * 64 + m, device=device), gamma)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_long_diagonals_span_several_tiles(device):
+    """63 x 63: diagonals of up to 63 cells are tiled (16 rows per tile in the interpreter); gamma 0.01."""
+    check_against_torch(random_cost(2, 63, 63, seed=1, device=device), 0.01)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unequal_lengths_and_padding(device):
+    """19 pairs (two programs of 16), lengths 1, 7, 63 and mixed; nan/inf in the padding; zero grad there."""
+    b, n, m = 19, 63, 9
+    lengths_n = torch.tensor([1, 7, 63, 63, 1, 30, 2, 5, 63, 17, 9, 1, 44, 3, 63, 8, 21, 12, 50], device=device)
+    lengths_m = torch.tensor([1, 9, 9, 1, 7, 4, 2, 9, 5, 1, 3, 8, 6, 9, 2, 7, 9, 5, 1], device=device)
+    cost = random_cost(b, n, m, seed=2, device=device)
+    for i in range(b):
+        cost[i, lengths_n[i]:, :] = float("nan")
+        cost[i, :, lengths_m[i]:] = float("inf")
+    value, grad = check_against_torch(cost, 0.1, lengths_n, lengths_m)  # the reference masks the padding
+    assert torch.isfinite(value).all()
+    for i in range(b):
+        pad = grad[i].clone()
+        pad[:lengths_n[i], :lengths_m[i]] = 0.0
+        assert torch.count_nonzero(pad) == 0
+    clean = run_triton(torch.nan_to_num(cost, nan=0.0, posinf=0.0), 0.1, lengths_n, lengths_m, weights(b))
+    torch.testing.assert_close((value, grad), clean, rtol=0, atol=0)  # padding content is irrelevant, bit for bit
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,ulp", [(torch.float16, 2.0 ** -10), (torch.bfloat16, 2.0 ** -7)])
+def test_half_precision_costs_accumulate_in_fp32(device, dtype, ulp):
+    cost = random_cost(6, 23, 11, seed=3, dtype=dtype, device=device)
+    check_against_torch(cost, 0.1, rtol=2 * ulp, atol=2 * ulp)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_public_dispatch(device):
+    cost = random_cost(3, 6, 4, seed=4, device=device)
+    direct = soft_dtw_triton(cost, 0.5)
+    torch.testing.assert_close(kernels.soft_dtw(cost, 0.5, backend="triton"), direct, rtol=0, atol=0)
+    if device == "cuda":  # auto = Triton for CUDA tensors
+        torch.testing.assert_close(kernels.soft_dtw(cost, 0.5), soft_dtw_triton(cost, 0.5), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lengths_n"):
+        kernels.soft_dtw(cost, 0.5, lengths_n=torch.tensor([7, 1, 1]), backend="triton")
