@@ -210,7 +210,8 @@ class Conv3dVideoTower(nn.Module):
         self.width, self.image_size, self.num_frames = cfg.width, cfg.image_size, cfg.num_frames
         self.grid = cfg.image_size // cfg.patch_size
         widths = ([max(cfg.width // 2, 8)] if cfg.layers > 1 else []) + [cfg.width] * max(cfg.layers - 1, 1)
-        blocks, c_in = [], 3
+        self.frame_differences = cfg.frame_differences
+        blocks, c_in = [], 6 if cfg.frame_differences else 3
         for i, c_out in enumerate(widths):
             s = 2 if i < halvings else 1
             blocks += [
@@ -233,7 +234,10 @@ class Conv3dVideoTower(nn.Module):
         """video [B,T,3,H,W] -> tokens [B,T,P,C] (layer-normed), pooled [B,C] = LN(mean of tokens)."""
         _check_video(video, self.image_size)
         t = video.shape[1]
-        x = self.stem(video.transpose(1, 2))  # [B,C,T,g,g]
+        x = video.transpose(1, 2)  # [B,3,T,H,W]
+        if self.frame_differences:  # motion channels x_t - x_(t-1), zero for the first frame
+            x = torch.cat([x, torch.cat([torch.zeros_like(x[:, :, :1]), x.diff(dim=2)], dim=2)], dim=1)
+        x = self.stem(x)  # [B,C,T,g,g]
         x = x.flatten(3).permute(0, 2, 3, 1)  # [B,T,P,C]
         x = x + _temporal_embedding(self.temporal_positional_embedding, t).unsqueeze(2)
         x = x + self.mlp(self.ln_mlp(x))

@@ -32,6 +32,10 @@ class VideoTowerConfig:
     """vit: >0 adds CLIP's ``proj`` [width, output_dim] (kept for checkpoints; ``tower.project(pooled)``)."""
     grad_checkpointing: bool = False
     """vit: recompute each block in backward (torch.utils.checkpoint) to save activation memory."""
+    frame_differences: bool = False
+    """conv3d: also feed x_t - x_(t-1) (0 at t = 0) as 3 extra input channels, an explicit motion signal (as in
+    TSN's RGB-diff / TDN). The tower still has to learn what the motion means; a single frame repeated (the
+    static control) gives all-zero differences, so nothing about the verb leaks into one frame. Ignored by vit."""
 
     @classmethod
     def viclip_b16(cls, num_frames: int = 8) -> "VideoTowerConfig":

@@ -9,40 +9,61 @@ from typing import Optional
 @dataclass
 class TrainConfig:
     max_steps: int = 300
-    """Optimizer steps of the whole run."""
+    """Training steps of the whole run: one batch per worker each (a skipped non-finite step still counts)."""
     num_workers: int = 2
     """Ray Train workers (one process each; one GPU each when use_gpu)."""
     use_gpu: bool = False
+    """One GPU per worker, NCCL and CUDA; otherwise CPU workers on gloo (DS_ACCELERATOR=cpu)."""
     cpus_per_worker: float = 1.0
+    """CPUs Ray reserves per training worker. The decode actors of Ray Data reserve their own: on a 2-core
+    machine use 0.5 (with data.decode_num_cpus=0.5), or the workers wait forever for data."""
     batch_size: int = 32
     """Clips per worker per step (global batch = batch_size * num_workers)."""
     lr: float = 1e-3
+    """Peak learning rate (AdamW), reached after warmup_steps."""
     weight_decay: float = 0.05
+    """AdamW decoupled weight decay; never applied to biases, norms, embeddings or the temperature (1-D params)."""
     betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas (CLIP's 0.98 for beta2)."""
     warmup_steps: int = 20
+    """Linear warmup from lr/warmup_steps to lr, then cosine decay to min_lr_ratio * lr at max_steps."""
     min_lr_ratio: float = 0.05
     """Cosine schedule floor as a fraction of lr."""
     grad_clip: float = 1.0
+    """Global gradient-norm clipping (DeepSpeed gradient_clipping; 0 disables)."""
     precision: str = "fp32"
     """fp32 | bf16 | fp16 (bf16 on CPU works with DeepSpeed on gloo; fp16 needs a GPU)."""
     zero_stage: int = 2
-    """DeepSpeed ZeRO stage 0-3; the engine config is configs/deepspeed/zero{stage}.json unless deepspeed_config is set."""
+    """DeepSpeed ZeRO stage 0-3: the engine config is configs/deepspeed/zero{stage}.json unless deepspeed_config
+    is set."""
     deepspeed_config: Optional[str] = None
+    """Path of a DeepSpeed JSON to use instead; batch size, clipping and precision are still set from here."""
     checkpoint_every: int = 100
     """Steps between checkpoints (each one is a ray.train.report with a Checkpoint)."""
     report_every: int = 25
-    """Steps between ray.train.report calls (each blocks ~2 s in Ray Train V2)."""
+    """Steps between metric-only ray.train.report calls. Each waits for the controller's next poll
+    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 2 s by Ray's default, 0.2 s when run_training sets it)."""
     num_to_keep: int = 2
+    """Checkpoints kept in storage (Ray Train CheckpointConfig); the oldest are deleted."""
     max_failures: int = 1
     """Worker-group restarts Ray Train allows (FailureConfig)."""
     storage_path: Optional[str] = None
-    """Ray Train storage (local or s3://); default: the run directory."""
+    """Ray Train storage, local or s3:// (S3-compatible stores via data.s3.endpoint_url / AWS_ENDPOINT_URL);
+    it must be shared by all nodes of a multi-node cluster. Checkpoints go to
+    <storage_path>/<run directory name>/checkpoint_<step>; by default into the run directory itself."""
     resume: bool = True
-    """Resume from the latest checkpoint of a run with the same storage path and name."""
+    """Resume from the latest checkpoint of a run with the same storage path and name (false: refuse to start
+    in a run directory that already holds one). A larger max_steps extends a finished run; the cosine schedule
+    then stretches to the new end."""
     fail_at_step: int = -1
-    """Test-only: rank 0 raises once at this step (to exercise FailureConfig restarts)."""
+    """Test-only: rank 0 raises once at this step (to exercise FailureConfig restarts); -1 never.
+    "Once" is remembered by a marker file in the run directory, so the restarted run gets past it."""
     log_every: int = 1
     """Steps between metric logs to MLflow."""
+    max_consecutive_nonfinite: int = 20
+    """Non-finite steps are skipped and counted; this many in a row stop the run with an error."""
+    export_weights: bool = True
+    """Write the final weights as model.safetensors (ZeRO-3 parameters gathered) into the last checkpoint."""
 
     def validate(self, path: str) -> None:
         from instraction.config import check_choice, check_range
@@ -53,11 +74,26 @@ class TrainConfig:
         check_range(f"{path}.max_steps", self.max_steps, 0, None)
         check_range(f"{path}.checkpoint_every", self.checkpoint_every, 1, None)
         check_range(f"{path}.report_every", self.report_every, 1, None)
+        check_range(f"{path}.log_every", self.log_every, 1, None)
+        check_range(f"{path}.batch_size", self.batch_size, 1, None)
+        check_range(f"{path}.warmup_steps", self.warmup_steps, 0, None)
+        check_range(f"{path}.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_range(f"{path}.grad_clip", self.grad_clip, 0.0, None)
+        check_range(f"{path}.num_to_keep", self.num_to_keep, 1, None)
+        check_range(f"{path}.max_failures", self.max_failures, -1, None)
+        check_range(f"{path}.max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1, None)
+        if self.precision == "fp16" and not self.use_gpu:
+            from instraction.config import ConfigError
+
+            raise ConfigError(f"{path}.precision=fp16 needs use_gpu=true (use bf16 or fp32 on CPU)")
 
 
 @dataclass
 class TrackingConfig:
     enabled: bool = True
+    """Log params, per-step metrics and artifacts to MLflow (rank 0 logs metrics, the driver the rest)."""
     tracking_uri: Optional[str] = None
-    """MLflow tracking URI; MLFLOW_TRACKING_URI wins when set; default: sqlite:///<run.dir>/mlflow.db."""
+    """MLflow tracking URI; MLFLOW_TRACKING_URI wins when set; default: sqlite:///<run.dir>/mlflow.db.
+    On a multi-node cluster use a server (http://...) every node reaches: rank 0 may run on any node."""
     experiment: str = "instraction"
+    """MLflow experiment; created on first use (artifacts beside the sqlite store by default)."""

@@ -1,0 +1,126 @@
+"""Training state on disk: what a resumed run needs to continue as if it had never stopped.
+
+A checkpoint directory (one per ``ray.train.report``; Ray Train merges the per-rank directories into one) holds
+
+    state/                 DeepSpeed: module weights, each rank's ZeRO optimizer partition, client state
+                           (LR scheduler, TrainState); written collectively by every rank
+    worker_00000.pt ...    per rank: TrainState (step, data position) and the RNG states (python, numpy, torch)
+    model.safetensors      final checkpoint only: full weights (ZeRO-3 parameters gathered)
+
+Data-position guarantee: every worker counts the batches it has consumed in the current epoch of its own
+Ray Data split. The splits are deterministic (``preserve_order``: Ray Data hands blocks to the split with the
+fewest rows, in order) and the local shuffle is seeded by (seed, rank, epoch), so a resumed worker that skips
+``batch_in_epoch`` batches of the same epoch sees exactly the samples it would have seen next: nothing is
+repeated or skipped. Limits: it holds for the same data, world size and batch size; the skipped batches are
+read and decoded again (Ray Data cannot seek); with a different world size the run resumes from rank 0's
+position with a warning, and the data order then differs from an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+STATE_TAG = "state"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class TrainState:
+    """Counters of one worker; all workers hold the same values except ``samples_seen``'s data."""
+
+    step: int = 0
+    """Training steps done (one batch each, skipped non-finite steps included)."""
+    epoch: int = 0
+    """Current pass over this worker's data split."""
+    batch_in_epoch: int = 0
+    """Batches of ``epoch`` already consumed: the data position a resumed worker skips to."""
+    samples_seen: int = 0
+    """Clips this worker has trained on (batches * batch size)."""
+    skipped_nonfinite: int = 0
+    """Steps skipped because the loss or the gradients were not finite (counted on every rank alike)."""
+    consecutive_nonfinite: int = 0
+    """Non-finite steps in a row (the run stops at ``train.max_consecutive_nonfinite``)."""
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def worker_file(directory: str | Path, rank: int) -> Path:
+    return Path(directory) / f"worker_{rank:05d}.pt"
+
+
+def save(engine, scheduler, state: TrainState, directory: str | Path, rank: int, world_size: int) -> None:
+    """Write the full training state of this rank into ``directory`` (call on every rank: ZeRO is collective)."""
+    client_state = {"scheduler": scheduler.state_dict(), "train_state": state.as_dict(), "world_size": world_size}
+    engine.save_checkpoint(str(directory), tag=STATE_TAG, client_state=client_state, save_latest=False)
+    torch.save({"train_state": state.as_dict(), "rng": rng_state(), "world_size": world_size},
+               worker_file(directory, rank))
+
+
+def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -> TrainState:
+    """Restore model, optimizer, scheduler, this rank's TrainState and RNG from ``directory``."""
+    path, client_state = engine.load_checkpoint(str(directory), tag=STATE_TAG, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+    if path is None:
+        raise FileNotFoundError(f"no DeepSpeed state under {directory}/{STATE_TAG}")
+    scheduler.load_state_dict(client_state["scheduler"])
+    own = worker_file(directory, rank)
+    same_world = client_state.get("world_size") == world_size and own.exists()
+    if not same_world:
+        log.warning("checkpoint written by %s workers, resuming with %s: data position of rank 0 is used and the "
+                    "sample order differs from an uninterrupted run", client_state.get("world_size"), world_size)
+    saved = torch.load(own if same_world else worker_file(directory, 0), map_location="cpu", weights_only=False)
+    if same_world:
+        set_rng_state(saved["rng"])
+    return TrainState(**saved["train_state"])
+
+
+def export_weights(engine, path: str | Path, rank: int, metadata: dict[str, str] | None = None) -> None:
+    """Write the full module weights to ``path`` (safetensors) from rank 0; call on every rank.
+
+    Under ZeRO-3 each rank holds a slice of every parameter: ``GatheredParameters`` assembles them for the
+    duration of the export (a no-op for stages 0-2, whose ranks hold full weights).
+    """
+    import deepspeed
+    from safetensors.torch import save_file
+
+    params = list(engine.module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+        if rank == 0:
+            # clone: tied weights would otherwise share storage, which safetensors refuses
+            tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in engine.module.state_dict().items()}
+            tmp = f"{path}.tmp"
+            save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+            os.replace(tmp, path)

@@ -1,0 +1,140 @@
+"""DeepSpeed engine around the single-device model: JSON config + TrainConfig, torch AdamW, ZeRO stage 0-3.
+
+The ZeRO layout (bucket sizes, overlap, ZeRO-3 thresholds) lives in ``configs/deepspeed/zero{stage}.json``; the
+values that must agree with the run config (micro batch, clipping, precision) are always set from
+:class:`~instraction.train.config.TrainConfig`, so the JSON never silently disagrees with it.
+
+The optimizer is ``torch.optim.AdamW`` handed to ``deepspeed.initialize`` (``zero_allow_untested_optimizer``),
+not DeepSpeed's ``cpu_adam`` (a C++ op that would need compiling on every CPU image). The LR scheduler stays
+outside DeepSpeed: DeepSpeed steps its scheduler only on applied steps, whereas here the rate is a function of
+the training step, skipped steps included (``schedule.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from instraction.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+
+
+def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed JSON for ``train.zero_stage`` (or ``train.deepspeed_config``) with the run's values set."""
+    path = Path(train.deepspeed_config) if train.deepspeed_config else CONFIG_DIR / f"zero{train.zero_stage}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
+    cfg = json.loads(path.read_text())
+    cfg["train_micro_batch_size_per_gpu"] = train.batch_size
+    cfg["gradient_accumulation_steps"] = 1
+    cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x world size
+    cfg["gradient_clipping"] = train.grad_clip
+    cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": train.precision == "bf16"}
+    cfg["fp16"] = {**cfg.get("fp16", {}), "enabled": train.precision == "fp16"}
+    cfg.setdefault("zero_optimization", {}).setdefault("stage", train.zero_stage)
+    if is_plain(cfg):
+        cfg["gradient_clipping"] = 0.0  # the loop clips: DeepSpeed's fp32 clip breaks on 0-dim parameters (0.19)
+    cfg["zero_allow_untested_optimizer"] = True
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay matrices/kernels; never biases, norm scales, embeddings or scalars (CLIP, open_clip)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith(".bias")
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_engine(model: nn.Module, train: TrainConfig):
+    """Wrap ``model`` (already on its device) in a DeepSpeed engine; returns ``(engine, torch_optimizer)``.
+
+    ``torch_optimizer`` is the AdamW inside DeepSpeed's wrapper (its param groups are the ones stepped), the one
+    an LR scheduler drives. Uses the process group Ray Train already set up (gloo on CPU, nccl on GPU).
+    """
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if train.use_gpu else "cpu")
+    import deepspeed
+
+    if train.precision == "bf16" and train.use_gpu and not torch.cuda.is_bf16_supported():
+        log.warning("precision=bf16 but this GPU has no bf16 (pre-Ampere): training in fp16 with loss scaling")
+        train = dataclasses.replace(train, precision="fp16")
+
+    groups = param_groups(model, train.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+    with _zero_dim_safe_broadcast():
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(train))
+    return engine, optimizer
+
+
+@contextlib.contextmanager
+def _zero_dim_safe_broadcast():
+    """DeepSpeed (0.19) broadcasts rank 0's weights as ``p.data.view(torch.uint8)``, which torch refuses for 0-dim
+    parameters such as CLIP's ``logit_scale`` (in the engine's model broadcast, and in ZeRO-3's conversion of the
+    parameters). For the duration of those calls such a parameter gets a 1-element view of its own storage (the
+    broadcast writes through it); afterwards its 0-dim shape is put back (ZeRO-3: the shape gathers restore)."""
+    from deepspeed.runtime.engine import DeepSpeedEngine
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    original_broadcast, original_zero_init = DeepSpeedEngine._broadcast_model, Init._zero_init_param
+
+    def broadcast(engine_self):
+        scalars = [p for p in engine_self.module.parameters() if p.dim() == 0]
+        for p in scalars:
+            p.data = p.data.reshape(1)
+        try:
+            original_broadcast(engine_self)
+        finally:
+            for p in scalars:
+                p.data = p.data.reshape(())
+
+    def zero_init_param(init_self, param):
+        if param.dim() != 0:
+            return original_zero_init(init_self, param)
+        param.data = param.data.reshape(1)
+        original_zero_init(init_self, param)  # records ds_shape [1], broadcasts, partitions
+        param.ds_shape = torch.Size([])
+
+    DeepSpeedEngine._broadcast_model, Init._zero_init_param = broadcast, zero_init_param
+    try:
+        yield
+    finally:
+        DeepSpeedEngine._broadcast_model, Init._zero_init_param = original_broadcast, original_zero_init
+
+
+def is_plain(ds_config: dict[str, Any]) -> bool:
+    """fp32 without ZeRO: DeepSpeed steps the torch optimizer directly, with no check for non-finite gradients.
+
+    ZeRO 1-3 and the bf16/fp16 optimizers skip such steps themselves (``engine.was_step_applied()``); on the plain
+    path the loop clips and checks the (already all-reduced, so identical on every rank) gradients itself."""
+    return (ds_config.get("zero_optimization", {}).get("stage", 0) == 0
+            and not ds_config.get("bf16", {}).get("enabled") and not ds_config.get("fp16", {}).get("enabled"))
+
+
+def clip_plain_gradients(engine, max_norm: float) -> float:
+    """Clip the ``.grad`` of a plain engine's parameters to ``max_norm`` (0: no clipping); returns the norm before."""
+    params = [p for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+
+
+def floating_dtype(engine) -> torch.dtype:
+    """The dtype DeepSpeed holds the module in: inputs' floating tensors are cast to it."""
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32

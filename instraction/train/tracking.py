@@ -1,0 +1,203 @@
+"""MLflow tracking: one MLflow run per training run, created by the driver, written to by rank 0.
+
+    driver  open_run(cfg, run_dir)     -> run id (reused from <run_dir>/mlflow_run_id after a restart);
+                                          logs the resolved config as flattened params and as config.yaml
+    rank 0  MetricLogger(uri, run_id)  -> every step's metrics, batched, from a background thread
+    driver  log_artifacts / finish_run -> final weights (safetensors), bench results, data accounting
+
+The store is ``MLFLOW_TRACKING_URI`` when set, else ``tracking.tracking_uri``, else a local SQLite file
+``<run.dir>/mlflow.db`` (MLflow's ./mlruns file store is in maintenance mode) with artifacts beside it. No
+credential is ever logged: URIs lose their user:password part and values of secret-looking keys are masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from instraction.config import Config, flatten, to_yaml
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run_id"
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(secret|password|passwd|token|credentials?|api[_-]?key|access[_-]?key|private[_-]?key)($|[_-])", re.I)
+_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@", re.I)
+_PARAM_MAX = 6000  # MLflow's limit on a param value
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def tracking_uri(cfg: Config) -> str:
+    """``MLFLOW_TRACKING_URI`` > ``tracking.tracking_uri`` > ``sqlite:///<abs run.dir>/mlflow.db``."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri
+    if uri:
+        return uri
+    base = cfg.run.dir if not is_remote(cfg.run.dir) else "."
+    db = Path(base).expanduser().resolve() / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def redact(key: str, value: Any) -> Any:
+    """Mask secret-looking keys and strip ``user:password@`` from URIs inside string values."""
+    if value is None:
+        return None
+    if _SECRET_KEY.search(key.split(".")[-1]):
+        return "***"
+    if isinstance(value, str):
+        return _URI_USERINFO.sub(lambda m: f"{m.group('scheme')}***@", value)
+    return value
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """The resolved config as flat MLflow params, credentials removed, values cut to MLflow's limit."""
+    return {k: str(redact(k, v))[:_PARAM_MAX] for k, v in flatten(cfg).items()}
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of the local SQLite default live beside the database (never relative to a worker's cwd)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _read_run_id(run_dir: str, s3) -> str | None:
+    from instraction.data.shards import open_filesystem
+
+    fs, path = open_filesystem(f"{run_dir.rstrip('/')}/{RUN_ID_FILE}", s3)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as f:
+        return f.read().strip() or None
+
+
+def _write_run_id(run_dir: str, run_id: str, s3) -> None:
+    from instraction.data.shards import open_filesystem
+
+    fs, path = open_filesystem(f"{run_dir.rstrip('/')}/{RUN_ID_FILE}", s3)
+    with fs.open(path, "w") as f:
+        f.write(run_id)
+
+
+def open_run(cfg: Config, run_dir: str) -> str:
+    """Create the MLflow run of ``run_dir`` (or reopen the one recorded there) and log the config; driver only.
+
+    On a reopened run the params already logged stay (MLflow params are immutable); a value that changed since
+    is recorded as the tag ``resumed_with.<key>``.
+    """
+    from mlflow.entities import Param, RunTag
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    run_id = _read_run_id(run_dir, cfg.data.s3)
+    if run_id is not None:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            log.warning("MLflow run %s recorded in %s is not in %s; starting a new one", run_id, run_dir,
+                        redact("uri", uri))
+            run_id = None
+    if run_id is None:
+        exp = client.get_experiment_by_name(cfg.tracking.experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            cfg.tracking.experiment, artifact_location=_artifact_location(uri))
+        run = client.create_run(exp_id, run_name=Path(run_dir.rstrip("/")).name,
+                                tags={"run_dir": redact("run_dir", run_dir), "seed": str(cfg.run.seed)})
+        run_id = run.info.run_id
+        _write_run_id(run_dir, run_id, cfg.data.s3)
+    else:
+        client.update_run(run_id, status="RUNNING")
+    existing = dict(run.data.params)
+    params = config_params(cfg)
+    new = [Param(k, v) for k, v in params.items() if k not in existing]
+    changed = [RunTag(f"resumed_with.{k}", v) for k, v in params.items() if k in existing and existing[k] != v]
+    for i in range(0, max(len(new), len(changed)), 100):  # MLflow takes <= 100 params per batch
+        client.log_batch(run_id, params=new[i:i + 100], tags=changed[i:i + 100])
+    client.log_text(run_id, to_yaml(cfg), "config.yaml")
+    return run_id
+
+
+def log_artifacts(cfg: Config, run_id: str, paths: list[str], artifact_path: str | None = None) -> None:
+    """Attach local files (weights, bench results, plots) to the run."""
+    client = _client(tracking_uri(cfg))
+    for p in paths:
+        client.log_artifact(run_id, p, artifact_path=artifact_path)
+
+
+def log_metrics(cfg: Config, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log summary numbers (data accounting, bench results) from the driver."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+    client = _client(tracking_uri(cfg))
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+def finish_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
+    _client(tracking_uri(cfg)).set_terminated(run_id, status=status)
+
+
+class MetricLogger:
+    """Rank 0's per-step metric sink: ``log`` queues, a daemon thread writes batches, ``close`` flushes.
+
+    The training step never waits on the tracking store (a SQLite commit or an HTTP round trip).
+    """
+
+    def __init__(self, uri: str, run_id: str, flush_every_s: float = 1.0):
+        self.run_id = run_id
+        self._client = _client(uri)
+        self._queue: queue.Queue = queue.Queue()
+        self._flush_every_s = flush_every_s
+        self._stop = threading.Event()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for k, v in metrics.items():
+            self._queue.put(Metric(k, float(v), now, step))
+
+    def _drain(self) -> None:
+        batch = []
+        while True:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for i in range(0, len(batch), 1000):  # MLflow's per-batch metric limit
+            try:
+                self._client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+            except Exception as err:  # tracking must never kill training; report once
+                if self._error is None:
+                    log.error("MLflow logging failed (metrics dropped): %s", err)
+                self._error = err
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._flush_every_s):
+            self._drain()
+        self._drain()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)

@@ -1,0 +1,131 @@
+"""kernels.soft_dtw, numba CPU backend (kernels/soft_dtw/cpu.py): values and gradients against the float64 brute-force
+loops and the torch backend over odd shapes, per-pair lengths with nan/inf padding, gamma 0.01 / 0.1 / 1, float32 and
+float64, stability at gamma 0.01 / length 1024, all-paths-tied counts, gradcheck, dispatch.
+
+    python -m pytest tests/test_soft_dtw_numba.py -q
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import kernels
+from kernels.soft_dtw.benchmark import random_cost
+from kernels.soft_dtw.reference import soft_dtw_torch
+
+pytest.importorskip("numba")
+from kernels.soft_dtw.cpu import soft_dtw_numba  # noqa: E402
+from tests.test_soft_dtw import brute_force, delannoy  # noqa: E402
+
+
+def _run(fn, cost, gamma, lengths_n=None, lengths_m=None, weights=None):
+    leaf = cost.detach().clone().requires_grad_()
+    value = fn(leaf, gamma, lengths_n, lengths_m)
+    (value * (1.0 if weights is None else weights)).sum().backward()
+    return value.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("gamma", [0.01, 0.1, 1.0])
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 7), (7, 1), (7, 7), (63, 5), (9, 63)])
+def test_matches_brute_force_float64(n, m, gamma):
+    cost = random_cost(3, n, m, seed=n * 100 + m)
+    value, grad = _run(soft_dtw_numba, cost, gamma)
+    for b in range(3):
+        want, want_grad = brute_force(cost[b].numpy(), gamma)
+        assert value[b].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(grad[b].numpy(), want_grad, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("gamma", [0.01, 0.1, 1.0])
+def test_unequal_lengths_nan_inf_padding_vs_torch_float64(dtype, gamma):
+    b, n, m = 37, 63, 29  # B not a multiple of the 16 lanes
+    g = torch.Generator().manual_seed(int(gamma * 100))
+    lengths_n, lengths_m = torch.randint(1, n + 1, (b,), generator=g), torch.randint(1, m + 1, (b,), generator=g)
+    lengths_n[:3], lengths_m[:3] = torch.tensor([1, n, 7]), torch.tensor([m, 1, 1])
+    cost = random_cost(b, n, m, seed=17)
+    padded = cost.clone()
+    for k in range(b):
+        padded[k, lengths_n[k]:, :] = float("nan")
+        padded[k, :, lengths_m[k]:] = float("inf")
+    weights = torch.linspace(-1.0, 2.0, b, dtype=torch.float64)
+    want, want_grad = _run(soft_dtw_torch, cost, gamma, lengths_n, lengths_m, weights)
+    value, grad = _run(soft_dtw_numba, padded.to(dtype), gamma, lengths_n, lengths_m, weights.to(dtype))
+    assert value.dtype == dtype and grad.dtype == dtype
+    if dtype == torch.float64:
+        torch.testing.assert_close(value, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-9, atol=1e-11)
+    else:  # the float32 input is rounded; the kernels accumulate in float64 either way
+        exact = _run(soft_dtw_torch, cost.to(dtype).double(), gamma, lengths_n, lengths_m, weights)
+        torch.testing.assert_close(value.double(), exact[0], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(grad.double(), exact[1], rtol=1e-5, atol=1e-6)
+    for k in range(b):  # the padding gets exactly zero gradient
+        pad = grad[k].clone()
+        pad[:lengths_n[k], :lengths_m[k]] = 0
+        assert torch.count_nonzero(pad) == 0
+
+
+@pytest.mark.parametrize("n,m", [(1024, 48), (48, 1024)])
+def test_stable_at_small_gamma_and_length_1024(n, m):
+    cost = random_cost(2, n, m, seed=5)
+    want, want_grad = _run(soft_dtw_torch, cost, 0.01)
+    value, grad = _run(soft_dtw_numba, cost, 0.01)
+    assert torch.isfinite(value).all() and torch.isfinite(grad).all()
+    torch.testing.assert_close(value, want, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, want_grad, rtol=0, atol=1e-9)
+    value32, grad32 = _run(soft_dtw_numba, cost.float(), 0.01)
+    assert torch.isfinite(value32).all() and torch.isfinite(grad32).all()
+
+
+def test_all_paths_tied_exact_counts():
+    """Zero cost, gamma=1: R = -log(#paths) ~ -700 (past exp's range if the DP were not normalised per cell)."""
+    n, m = 400, 400
+    value, grad = _run(soft_dtw_numba, torch.zeros(1, n, m, dtype=torch.float64), 1.0)
+    total = delannoy(n - 1, m - 1)
+    assert value.item() == pytest.approx(-math.log(total), rel=1e-12)
+    for i, j in [(1, 1), (n, m), (n // 2, m // 3)]:
+        share = delannoy(i - 1, j - 1) * delannoy(n - i, m - j) / total
+        assert grad[0, i - 1, j - 1].item() == pytest.approx(share, rel=5e-11)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs(dtype):
+    cost = random_cost(3, 17, 9, seed=2, dtype=dtype)
+    value, grad = _run(soft_dtw_numba, cost, 0.1)
+    assert value.dtype == dtype and grad.dtype == dtype
+    want, want_grad = _run(soft_dtw_torch, cost.double(), 0.1)
+    rtol = 1e-3 if dtype == torch.float16 else 8e-3
+    torch.testing.assert_close(value.double(), want, rtol=rtol, atol=0)
+    torch.testing.assert_close(grad.double(), want_grad, rtol=0, atol=4 * rtol)
+
+
+def test_gradcheck_with_lengths():
+    cost = random_cost(3, 5, 4, seed=7).requires_grad_()
+    lengths_n, lengths_m = torch.tensor([5, 2, 4]), torch.tensor([4, 4, 1])
+    assert torch.autograd.gradcheck(lambda c: soft_dtw_numba(c, 0.3, lengths_n, lengths_m), (cost,))
+
+
+def test_retain_graph_and_graphs_in_flight():
+    a, b = random_cost(4, 6, 5, seed=1).requires_grad_(), random_cost(4, 6, 5, seed=2).requires_grad_()
+    total = soft_dtw_numba(a, 0.2).sum() + 3 * soft_dtw_numba(b, 0.2).sum()
+    first = torch.autograd.grad(total, (a, b), retain_graph=True)
+    second = torch.autograd.grad(total, (a, b))
+    for x, y, c, scale in zip(first, second, (a, b), (1.0, 3.0)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+        torch.testing.assert_close(x, scale * _run(soft_dtw_numba, c, 0.2)[1], rtol=1e-14, atol=1e-15)  # no state shared
+
+
+def test_dispatch():
+    cost = random_cost(3, 4, 7, seed=9)
+    torch.testing.assert_close(kernels.soft_dtw(cost, 0.5), soft_dtw_numba(cost, 0.5), rtol=0, atol=0)
+    torch.testing.assert_close(kernels.soft_dtw(cost, 0.5, backend="numba"), soft_dtw_torch(cost, 0.5),
+                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(kernels.soft_dtw(cost.transpose(1, 2), 0.5, backend="numba"),
+                               soft_dtw_torch(cost, 0.5), rtol=1e-12, atol=0)
+    assert kernels.soft_dtw(torch.zeros(0, 3, 4), 1.0, backend="numba").shape == (0,)
+    with pytest.raises(ValueError, match="gamma"):
+        kernels.soft_dtw(cost, 0.0, backend="numba")

@@ -1,0 +1,290 @@
+"""Unit tests of the training pieces, no Ray Train: schedule, DeepSpeed config, engine + checkpoint round trips
+(one process, world size 1), the resumable batch stream, MLflow tracking and credential hygiene.
+
+    python -m pytest tests/test_train_units.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+import train_helpers as th
+from instraction.train import checkpoint as ckpt
+from instraction.train import tracking
+from instraction.train.batches import BatchStream, to_device
+from instraction.train.engine import CONFIG_DIR, build_engine, deepspeed_config, floating_dtype, is_plain, param_groups
+from instraction.train.launch import data_accounting, flat_accounting, storage, storage_filesystem
+from instraction.train.schedule import WarmupCosine, build_scheduler
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def test_warmup_then_cosine_to_floor():
+    m = WarmupCosine(warmup_steps=4, total_steps=14, min_ratio=0.1)
+    assert [m(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert m(4) == pytest.approx(1.0)
+    assert m(9) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the decay
+    assert m(14) == pytest.approx(0.1) and m(1000) == pytest.approx(0.1)
+    decay = [m(s) for s in range(4, 15)]
+    assert all(a >= b for a, b in zip(decay, decay[1:]))
+
+
+def test_scheduler_state_round_trips():
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched = build_scheduler(opt, 2, 10, 0.0)
+    for _ in range(5):
+        sched.step()
+    state = sched.state_dict()
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched2 = build_scheduler(opt2, 2, 10, 0.0)
+    sched2.load_state_dict(state)
+    sched.step(), sched2.step()
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(WarmupCosine(2, 10, 0.0)(6))
+
+
+# ------------------------------------------------------------------------------------------------ engine config
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_deepspeed_config_takes_run_values(tmp_path, stage):
+    cfg = th.tiny_config(tmp_path, f"train.zero_stage={stage}", "train.batch_size=6", "train.grad_clip=0.5",
+                         "train.precision=bf16")
+    ds = deepspeed_config(cfg.train)
+    assert (CONFIG_DIR / f"zero{stage}.json").exists()
+    assert ds["zero_optimization"]["stage"] == stage
+    assert ds["train_micro_batch_size_per_gpu"] == 6 and ds["gradient_accumulation_steps"] == 1
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert not is_plain(ds)
+
+
+def test_plain_fp32_zero0_is_clipped_by_the_loop(tmp_path):
+    ds = deepspeed_config(th.tiny_config(tmp_path, "train.zero_stage=0").train)
+    assert is_plain(ds) and ds["gradient_clipping"] == 0.0
+
+
+def test_no_weight_decay_on_biases_norms_embeddings_and_scalars():
+    model = torch.nn.ModuleDict({"proj": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4),
+                                 "token_embedding": torch.nn.Embedding(10, 4)})
+    model.logit_scale = torch.nn.Parameter(torch.zeros(()))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 4])]
+    assert len(no_decay["params"]) == 5  # proj.bias, norm weight+bias, embedding, logit_scale
+
+
+# ------------------------------------------------------------------------------------------------ engine + checkpoint
+@pytest.fixture(scope="module")
+def process_group():
+    """A world-size-1 gloo group in this process (what Ray Train sets up in each worker)."""
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _batches(n: int, seed: int = 0):
+    rows = th.toy_rows(4 * n, seed)
+    cols = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+    return [th.toy_collate({k: v[4 * i:4 * i + 4] for k, v in cols.items()}) for i in range(n)]
+
+
+def _run(engine, scheduler, batches):
+    for batch in batches:
+        out = engine(to_device(batch, torch.device("cpu"), floating_dtype(engine)))
+        engine.backward(out["loss"])
+        engine.step()
+        scheduler.step()
+
+
+def _weights(engine, path):
+    ckpt.export_weights(engine, path, rank=0)
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("stage,precision", [(0, "fp32"), (1, "fp32"), (2, "fp32"), (2, "bf16"), (3, "bf16")])
+def test_checkpoint_restores_model_optimizer_scheduler_and_rng(tmp_path, process_group, stage, precision):
+    """Train 2 steps, save, train 2 more (reference); a fresh engine loaded from the save then trains the same 2
+    steps to the same weights: model, ZeRO optimizer partition, scheduler and RNG all came back."""
+    cfg = th.tiny_config(tmp_path, f"train.zero_stage={stage}", f"train.precision={precision}")
+    batches = _batches(4)
+
+    def fresh():
+        torch.manual_seed(1)
+        engine, opt = build_engine(th.ToyModel(), cfg.train)
+        return engine, build_scheduler(opt, 2, 10, 0.1)
+
+    engine, sched = fresh()
+    _run(engine, sched, batches[:2])
+    ckpt.save(engine, sched, ckpt.TrainState(step=2, epoch=0, batch_in_epoch=2), tmp_path / "ck", 0, 1)
+    noise_after_save = torch.rand(3)
+    _run(engine, sched, batches[2:])
+    reference = _weights(engine, tmp_path / "ref.safetensors")
+
+    engine2, sched2 = fresh()
+    torch.manual_seed(99)  # a resumed process starts from other RNG state
+    state = ckpt.load(engine2, sched2, tmp_path / "ck", 0, 1)
+    assert (state.step, state.batch_in_epoch) == (2, 2) and sched2.last_epoch == 2
+    assert torch.equal(torch.rand(3), noise_after_save)
+    _run(engine2, sched2, batches[2:])
+    resumed = _weights(engine2, tmp_path / "resumed.safetensors")
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    assert resumed["temperature"].shape == ()  # the 0-dim parameter keeps its shape through DeepSpeed
+
+
+def test_export_has_full_shapes_and_metadata(tmp_path, process_group):
+    from safetensors import safe_open
+
+    engine, _ = build_engine(th.ToyModel(), th.tiny_config(tmp_path, "train.zero_stage=3").train)
+    ckpt.export_weights(engine, tmp_path / "w.safetensors", rank=0, metadata={"step": "7"})
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "7"
+        assert f.get_tensor("net.0.weight").shape == (32, th.FEATURES)
+
+
+# ------------------------------------------------------------------------------------------------ batch stream
+@pytest.fixture(scope="module")
+def rows_iterator(ray_local):
+    """A real Ray Data iterator over 22 toy rows (5 full batches of 4 per epoch, 2 rows dropped)."""
+    import ray.data
+
+    return ray.data.from_items(th.toy_rows(22)).iterator()
+
+
+def _ids(stream, n):
+    it = iter(stream)
+    out = []
+    for _ in range(n):
+        batch, wait = next(it)
+        assert wait >= 0
+        out.append(batch["id"].tolist())
+    return out
+
+
+@pytest.mark.integration
+def test_stream_rolls_over_epochs_and_tracks_position(rows_iterator):
+    stream = BatchStream(rows_iterator, 4, th.toy_collate, prefetch=0)
+    ids = _ids(stream, 7)
+    assert ids[5:] == ids[:2]  # epoch 1 replays epoch 0's order (no shuffle)
+    assert sorted(sum(ids[:5], [])) == list(range(20))  # full batches only
+    assert (stream.epoch, stream.batch_in_epoch) == (1, 2)
+
+
+@pytest.mark.integration
+def test_resumed_stream_continues_where_it_stopped(rows_iterator):
+    straight = _ids(BatchStream(rows_iterator, 4, th.toy_collate, prefetch=0), 9)
+    resumed = BatchStream(rows_iterator, 4, th.toy_collate, epoch=0, batch_in_epoch=3, prefetch=0)
+    assert _ids(resumed, 6) == straight[3:9]
+    assert resumed.resume_skip_s > 0
+
+
+@pytest.mark.integration
+def test_seeded_shuffle_is_reproducible_per_epoch(rows_iterator):
+    make = lambda: BatchStream(rows_iterator, 4, th.toy_collate, shuffle_buffer=8, seed=3, prefetch=0)  # noqa: E731
+    a, b = _ids(make(), 10), _ids(make(), 10)
+    assert a == b and a[:5] != a[5:]  # same run -> same order; the next epoch is shuffled differently
+
+
+@pytest.mark.integration
+def test_stream_refuses_a_split_smaller_than_a_batch(ray_local):
+    import ray.data
+
+    stream = BatchStream(ray.data.from_items(th.toy_rows(3)).iterator(), 4, th.toy_collate, prefetch=0)
+    with pytest.raises(RuntimeError, match="no full batch"):
+        next(iter(stream))
+
+
+# ------------------------------------------------------------------------------------------------ tracking
+def test_tracking_uri_precedence(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = th.tiny_config(tmp_path)
+    assert tracking.tracking_uri(cfg) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    cfg.tracking.tracking_uri = "http://mlflow.internal:5000"
+    assert tracking.tracking_uri(cfg) == "http://mlflow.internal:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///elsewhere.db")
+    assert tracking.tracking_uri(cfg) == "sqlite:///elsewhere.db"
+
+
+def test_no_credential_reaches_the_params(tmp_path):
+    cfg = th.tiny_config(tmp_path, "data.shards=s3://AKIAEXAMPLE:hunter2@bucket/shards",
+                         "data.s3.endpoint_url=http://user:pa55@minio:9000")
+    params = tracking.config_params(cfg)
+    assert params["data.shards"] == "s3://***@bucket/shards"
+    assert params["data.s3.endpoint_url"] == "http://***@minio:9000"
+    assert not any(secret in v for v in params.values() for secret in ("hunter2", "pa55", "AKIAEXAMPLE"))
+    assert params["data.tokenizer"] == "words"  # "token" inside a word is not a secret key
+    assert tracking.redact("s3.aws_secret_access_key", "abc") == "***"
+
+
+@pytest.mark.integration
+def test_open_run_reuses_the_run_of_a_run_dir(tmp_path):
+    from mlflow import MlflowClient
+
+    cfg = th.tiny_config(tmp_path, "train.max_steps=5")
+    run_dir = str(tmp_path / "run")
+    os.makedirs(run_dir)
+    run_id = tracking.open_run(cfg, run_dir)
+    cfg.train.max_steps = 9
+    assert tracking.open_run(cfg, run_dir) == run_id
+    run = MlflowClient(tracking_uri=tracking.tracking_uri(cfg)).get_run(run_id)
+    assert run.data.params["train.max_steps"] == "5" and run.data.tags["resumed_with.train.max_steps"] == "9"
+    assert len(run.data.params) == len(tracking.config_params(cfg))
+
+    logger = tracking.MetricLogger(tracking.tracking_uri(cfg), run_id, flush_every_s=0.05)
+    for step in range(1, 4):
+        logger.log(step, {"loss": 1.0 / step, "clips_per_s": 10.0})
+    logger.close()
+    history = MlflowClient(tracking_uri=tracking.tracking_uri(cfg)).get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, pytest.approx(1 / 3))]
+
+
+@pytest.mark.integration
+def test_metric_logger_never_raises_into_training(tmp_path):
+    logger = tracking.MetricLogger(f"sqlite:///{tmp_path}/m.db", "no-such-run", flush_every_s=0.05)
+    logger.log(1, {"loss": 1.0})
+    logger.close()
+    assert logger._error is not None
+
+
+# ------------------------------------------------------------------------------------------------ launch helpers
+def test_storage_is_the_run_dir_unless_configured(tmp_path):
+    cfg = th.tiny_config(tmp_path)
+    assert storage(cfg, str(tmp_path / "runs" / "r1")) == (str(tmp_path / "runs"), "r1")
+    cfg.train.storage_path = "s3://bucket/ckpt"
+    assert storage(cfg, str(tmp_path / "runs" / "r1")) == ("s3://bucket/ckpt", "r1")
+
+
+def test_s3_compatible_storage_goes_through_s3fs_without_credentials(tmp_path, monkeypatch):
+    import pyarrow.fs
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    cfg = th.tiny_config(tmp_path)
+    assert storage_filesystem(cfg, "s3://bucket/ckpt") == (None, "s3://bucket/ckpt")  # AWS itself: Ray decides
+    assert storage_filesystem(cfg, str(tmp_path)) == (None, str(tmp_path))
+    cfg.data.s3.endpoint_url = "http://minio:9000"
+    fs, path = storage_filesystem(cfg, "s3://bucket/ckpt")
+    assert isinstance(fs, pyarrow.fs.PyFileSystem) and path == "bucket/ckpt"
+    assert fs.handler.fs.endpoint_url == "http://minio:9000" and not fs.handler.fs.key
+
+
+def test_data_accounting_includes_curation_summary(tmp_path):
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "summary.json").write_text(json.dumps({"decision": {"kept": 9, "dropped": 2}}))
+    cfg = th.tiny_config(tmp_path, f"data.annotations={tmp_path / 'ann'}")
+    acc = data_accounting(cfg, {"samples_seen": 40, "step": 5, "epoch": 1, "skipped_nonfinite": 1})
+    assert acc["train"] == {"samples_seen": 40, "steps": 5, "epochs_completed": 1, "skipped_nonfinite_steps": 1}
+    flat = flat_accounting(acc)
+    assert flat["data/curation/decision/kept"] == 9 and flat["data/train/skipped_nonfinite_steps"] == 1
+    assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
