@@ -39,7 +39,8 @@ def test_two_node_run_survives_losing_a_node(tmp_path):
     assert out["worker_failures"] >= 1
     assert out["checkpoint"] == f"checkpoints/runs/run/checkpoint_{STEPS:08d}"  # on S3, not on a node's disk
     assert f"checkpoint_{STEPS:08d}" in out["stored"] and Path(out["weights"]).exists()
-    assert 0 < out["repeated_steps"] <= EVERY  # resumed from the last checkpoint: at most one interval redone
+    # resumed from the last checkpoint: at most one interval redone (0 when the node went right after a checkpoint)
+    assert 0 <= out["repeated_steps"] <= EVERY
 
 
 # ------------------------------------------------------------------------------------------------ the scenario

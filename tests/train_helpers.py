@@ -15,7 +15,7 @@ from instraction.config import load_config
 
 FEATURES, CLASSES = 16, 4
 TINY_OVERRIDES = [
-    "model.video.width=16", "model.video.layers=2", "model.video.image_size=16", "model.video.num_frames=4",
+    "model.video.width=16", "model.video.layers=2", "model.video.patch_size=4", "model.video.image_size=16", "model.video.num_frames=4",
     "model.text.width=16", "model.text.layers=1", "model.embed_dim=16", "data.num_frames=4", "data.size=16",
     "train.batch_size=4", "train.num_workers=2", "train.warmup_steps=2", "train.lr=0.01",
 ]
