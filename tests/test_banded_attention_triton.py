@@ -34,8 +34,8 @@ CASES = [
 ]
 
 
-def normalised_errors(shape, dtype, blocks, scale=None):
-    q, k, v, do = shape_inputs(shape, dtype, seed=shape.K + shape.P)
+def normalised_errors(shape, dtype, blocks, scale=None, device="cpu"):
+    q, k, v, do = shape_inputs(shape, dtype, device=device, seed=shape.K + shape.P)
     got = forward_backward(lambda a, b, c: banded_cross_attention_triton(a, b, c, shape.T, shape.window, scale,
                                                                          blocks=blocks), q, k, v, do)
     want = forward_backward(lambda a, b, c: banded_cross_attention_reference(a, b, c, shape.T, shape.window, scale),
@@ -55,6 +55,15 @@ def test_forward_and_gradients_match_reference_fp32(shape, blocks):
 @pytest.mark.parametrize("shape,blocks", [CASES[0], CASES[2], CASES[3]])
 def test_forward_and_gradients_match_reference_half(shape, blocks, dtype):
     errors = normalised_errors(shape, dtype, blocks)
+    assert max(errors.values()) < TOL[dtype], errors
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with TRITON_INTERPRET=0)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [c[0] for c in CASES] + [Shape(2, 3, 64, 32, 196, 64, 2)])
+def test_compiled_kernels_on_cuda_match_reference(shape, dtype):
+    """The compiled, autotuned kernels (blocks=None) on CUDA tensors; the last shape is the paper's at B=2, H=3."""
+    errors = normalised_errors(shape, dtype, None, device="cuda")
     assert max(errors.values()) < TOL[dtype], errors
 
 

@@ -201,6 +201,8 @@ def run_gpu(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdtw-repeats", dest="repeats", type=int, default=5)
     parser.add_argument("--sdtw-memory-fraction", dest="memory_fraction", type=float, default=0.5,
                         help="of free GPU memory, per implementation")
+    parser.add_argument("--sdtw-torch-max-length", dest="torch_max", type=int, default=1024,
+                        help="skip the (slow, memory-hungry) torch backend above this length")
     ns, _ = parser.parse_known_args(argv)
     if not torch.cuda.is_available():
         print("soft-DTW GPU benchmark needs a CUDA GPU: no timings; Triton interpreter correctness check instead")
@@ -212,8 +214,11 @@ def run_gpu(argv: list[str] | None = None) -> int:
     impls = {"triton": (lambda c: soft_dtw_triton(c, ns.gamma), 24),
              "torch": (lambda c: soft_dtw_torch(c, ns.gamma), 72)}
     try:
+        import numpy as np
         import pysdtw
 
+        if not hasattr(np, "row_stack"):  # numpy >= 2.5 dropped it; the numba-cuda that pysdtw runs on still calls it
+            np.row_stack = np.vstack
         sdtw_cuda = pysdtw.SoftDTW(gamma=ns.gamma, dist_func=lambda x, y: x, use_cuda=True)
         impls["pysdtw"] = (lambda c: sdtw_cuda(c, c.new_empty(1, 1, 1).expand(c.shape[0], c.shape[2], c.shape[2])), 28)
     except Exception as err:  # numba-cuda missing or no driver support: say so, keep going
@@ -227,6 +232,9 @@ def run_gpu(argv: list[str] | None = None) -> int:
         cost = random_cost(batch, length, length, seed=length, dtype=torch.float32, device="cuda")
         row, out = {}, {}
         for name, (fn, cell_bytes) in impls.items():
+            if name == "torch" and length > ns.torch_max:
+                print(f"  torch skipped at L={length} (--sdtw-torch-max-length {ns.torch_max})")
+                continue
             if cell_bytes * batch * length * length > budget:
                 need = cell_bytes * batch * length ** 2 / 2 ** 30
                 print(f"  {name} skipped at L={length}, B={batch}: needs ~{need:.0f} GiB")
@@ -243,6 +251,9 @@ def run_gpu(argv: list[str] | None = None) -> int:
                     dv = (row[name][2].double() - row["triton"][2].double()).abs().max().item()
                     out[name] = f"{row[name][0] / row['triton'][0]:.1f}x ({dv:.1e})"
         print(f"{length:5d} {batch:5d} {cells}  " + ", ".join(f"{k} {v}" for k, v in out.items()))
+        from kernels.soft_dtw.triton import tuned_configs
+
+        print("        autotuned: " + ", ".join(f"{k} {v}" for k, v in tuned_configs().items()))
         del cost
         torch.cuda.empty_cache()
     return 0
