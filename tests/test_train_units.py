@@ -288,3 +288,39 @@ def test_data_accounting_includes_curation_summary(tmp_path):
     flat = flat_accounting(acc)
     assert flat["data/curation/decision/kept"] == 9 and flat["data/train/skipped_nonfinite_steps"] == 1
     assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
+
+
+def test_progress_printer_shows_step_losses_pace_and_time_left():
+    from instraction.train.callbacks import ProgressPrinter
+
+    lines: list[str] = []
+    printer = ProgressPrinter(max_steps=100, echo=lines.append)
+    printer.after_report(None, [], None)  # nothing reported: nothing printed
+    printer.after_report(None, [{"loss": 1.0}], None)  # no step: nothing printed
+    assert lines == []
+    first = printer.line({"step": 25, "loss": 3.0, "contrastive_loss": 1.25}, now=10.0)
+    assert "step 25/100" in first and "loss 3.000" in first and "contrastive 1.250" in first and "s/step" not in first
+    later = printer.line({"step": 75, "loss": 2.0}, now=35.0)  # 50 steps in 25 s
+    assert "0.50 s/step" in later and "~0.2 min left" in later  # 25 steps x 0.5 s
+    printer.after_report(None, [{"step": 80, "loss": 1.5}, {"step": 80, "loss": 9.9}], None)
+    assert len(lines) == 1 and "loss 1.500" in lines[0]  # rank 0's metrics
+
+
+def test_progress_lines_go_through_a_file_the_driver_follows(tmp_path):
+    import threading
+
+    from instraction.train.callbacks import ProgressPrinter, follow
+
+    path = str(tmp_path / "progress.log")
+    printer = ProgressPrinter(max_steps=10, path=path)
+    seen: list[str] = []
+    stop = threading.Event()
+    thread = threading.Thread(target=follow, args=(path, stop, seen.append, 0.01))
+    thread.start()
+    printer.after_report(None, [{"step": 5, "loss": 1.0}], None)
+    printer.after_report(None, [{"step": 10, "loss": 0.5}], None)
+    with open(path, "a") as f:
+        f.write("half a li")  # an unfinished line is not echoed
+    stop.set()
+    thread.join(timeout=5)
+    assert [line.split(" | ")[0].strip() for line in seen] == ["train: step 5/10", "train: step 10/10"]

@@ -22,6 +22,9 @@ Graph (streaming, nothing global):
    ``text_mask`` bool [L], ``neg_ids`` int32 [Nn,L], ``neg_mask`` bool [Nn], ``verb_ids`` int32 [M,Lv],
    ``verb_mask`` bool [M,Lv], ``verb_count`` int32, ``mam_ids`` int32 [L], ``mam_labels`` int32 [L].
 
+With ``data.materialize`` the graph runs once, inside :func:`training_dataset` (``Dataset.materialize()``), and
+every epoch iterates the stored blocks instead of restarting the read/decode pipeline; the rows are the same.
+
 Accounting: every clip read ends in exactly one of delivered / excluded_by_split / dropped[reason]. Reasons:
 the reader's (``corrupt_tar``, ``missing_mp4``, ``empty_video``, ``missing_json``, ``bad_json``, ``bad_caption``,
 ``duplicate_key``, ``unreadable_shard``), the join's (``missing_annotation``, ``no_annotation``,
@@ -396,6 +399,8 @@ def training_dataset(cfg, split: str = "train", accounting=None) -> ClipPipeline
         compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
         num_cpus=cfg.data.decode_num_cpus,
     )
+    if cfg.data.materialize:
+        decoded = decoded.materialize()  # read + decode run once, here; epochs then iterate the stored blocks
     return ClipPipeline(decoded, accounting)
 
 

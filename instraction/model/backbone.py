@@ -198,8 +198,9 @@ class Conv3dVideoTower(nn.Module):
 
     The first log2(patch_size) blocks halve the spatial grid, so P = (image_size / patch_size)^2 tokens per frame;
     the first block (full resolution, the costliest per channel) is width/2 wide, the rest ``width``. A residual
-    per-token MLP (``mlp_ratio``) then mixes channels cheaply. Per-frame GroupNorm, not BatchNorm: statistics
-    stay per sample, so data-parallel ranks need no synchronisation and eval equals train.
+    per-token MLP (``mlp_ratio``) then mixes channels cheaply. ``norm``: per-frame GroupNorm (statistics per
+    sample: no rank synchronisation, eval equals train) or BatchNorm3d (learns motion in fewer steps; running
+    statistics at eval, each data-parallel rank its own batch statistics).
     """
 
     def __init__(self, cfg: VideoTowerConfig):
@@ -216,7 +217,7 @@ class Conv3dVideoTower(nn.Module):
             s = 2 if i < halvings else 1
             blocks += [
                 nn.Conv3d(c_in, c_out, 3, stride=(1, s, s), padding=1, bias=False),
-                FrameGroupNorm(math.gcd(8, c_out), c_out),
+                FrameGroupNorm(math.gcd(8, c_out), c_out) if cfg.norm == "group" else nn.BatchNorm3d(c_out),
                 nn.GELU(),
             ]
             c_in = c_out

@@ -32,6 +32,10 @@ class VideoTowerConfig:
     """vit: >0 adds CLIP's ``proj`` [width, output_dim] (kept for checkpoints; ``tower.project(pooled)``)."""
     grad_checkpointing: bool = False
     """vit: recompute each block in backward (torch.utils.checkpoint) to save activation memory."""
+    norm: str = "group"
+    """conv3d normalisation after each conv: group (GroupNorm per frame: per-sample statistics, eval equals train)
+    | batch (BatchNorm3d: batch statistics in training, running ones at eval, per data-parallel rank, not synced).
+    On SynthKitchen a verb probe on the tower learnt the same verb sets in ~2/3 of the steps with batch norm."""
     frame_differences: bool = False
     """conv3d: also feed x_t - x_(t-1) (0 at t = 0) as 3 extra input channels, an explicit motion signal (as in
     TSN's RGB-diff / TDN). The tower still has to learn what the motion means; a single frame repeated (the
@@ -48,6 +52,7 @@ class VideoTowerConfig:
 
         check_choice(f"{path}.kind", self.kind, VIDEO_TOWERS)
         check_choice(f"{path}.activation", self.activation, ACTIVATIONS)
+        check_choice(f"{path}.norm", self.norm, ["group", "batch"])
         if self.image_size % self.patch_size:
             raise ConfigError(f"{path}.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
         if self.kind == "vit" and self.width % self.heads:

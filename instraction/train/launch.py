@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -135,7 +136,7 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     ``model_builder(cfg, vocab_size) -> nn.Module`` and ``collate(numpy rows) -> batch`` replace the defaults
     (``instraction.model.instraction.build_model``, ``instraction.data.examples.Collate(cfg.data)``).
     """
-    from instraction.train.callbacks import FailureLogger
+    from instraction.train.callbacks import FailureLogger, ProgressPrinter, follow
 
     if "train" not in datasets:
         raise ValueError(f"datasets needs a 'train' dataset, got {sorted(datasets)}")
@@ -149,15 +150,26 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     warn_if_cluster_too_small(cfg)
     run_id = tracking.open_run(cfg, run_dir) if cfg.tracking.enabled else None
-    callbacks = [FailureLogger(tracking.tracking_uri(cfg), run_id)] if run_id else []
+    progress = None if tracking.is_remote(run_dir) else f"{run_dir}/progress.log"
+    callbacks = [ProgressPrinter(cfg.train.max_steps, path=progress)]
+    if run_id:
+        callbacks.append(FailureLogger(tracking.tracking_uri(cfg), run_id))
     trainer = build_trainer(cfg, run_dir, datasets, loop_config(cfg, run_dir, run_id, model_builder, collate),
                             callbacks)
+    stop = threading.Event()
+    follower = threading.Thread(target=follow, args=(progress, stop), daemon=True) if progress else None
+    if follower:
+        follower.start()
     try:
         result = trainer.fit()
     except BaseException as err:
         if run_id:
             tracking.finish_run(cfg, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        stop.set()
+        if follower:
+            follower.join(timeout=5)
     metrics = dict(result.metrics or {})
     weights = _fetch_weights(result.checkpoint, run_dir, cfg.data.s3)
     accounting = data_accounting(cfg, metrics)

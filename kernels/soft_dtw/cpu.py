@@ -117,10 +117,19 @@ def _forward(c, ln, lm, w, p_end, x_end):
                 pu = up_p[b]
                 pl = left_p[b]
                 pd = diag_p[b]
-                pm = max(pu, max(pl, pd))
-                fu = _exp2_nonpos(pu - pm) * up_x[b]
-                fl = _exp2_nonpos(pl - pm) * left_x[b]
-                fd = _exp2_nonpos(pd - pm) * diag_x[b]
+                # Two exponentials, not three: the argmax's factor is exactly 1. lo <= mid <= pm are the sorted
+                # predecessors; blends route 1 / 2^(lo-pm) / 2^(mid-pm) to up, left, diag (ties included).
+                lo = min(pu, pl)
+                hi = max(pu, pl)
+                pm = max(hi, pd)
+                e_lo = _exp2_nonpos(lo - pm)
+                e_mid = _exp2_nonpos(min(hi, pd) - pm)
+                d_top = pd >= hi
+                e_hi = e_mid if d_top else 1.0  # the larger of up / left: mid when diag is the max, else the max
+                u_lo = pu <= pl
+                fu = (e_lo if u_lo else e_hi) * up_x[b]
+                fl = (e_hi if u_lo else e_lo) * left_x[b]
+                fd = (1.0 if d_top else e_mid) * diag_x[b]
                 xr = fu + fl + fd
                 rx = 1.0 / xr
                 w_up[b] = fu * rx

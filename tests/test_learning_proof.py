@@ -1,0 +1,49 @@
+"""Learning proof, short config: the main job end to end (SynthKitchen -> rules curation -> held-out InstrAct Bench
+-> Ray Train + DeepSpeed on 2 CPU workers -> evaluation) must learn motion, not objects.
+
+    python -m pytest tests/test_learning_proof.py -q          # ~4 minutes on 2 cores
+
+The default config with fewer steps (STEPS instead of 850) and half the data. What it asserts, on the held-out
+bench (source videos never seen in training):
+  * InstrAct-Semantic R@1 of the trained model is above chance (10%) and at least twice that of the same model
+    fed one random frame repeated (the static control: no motion, every object cue still there), and above the
+    untrained model;
+  * InstrAct-Logic ACC is above the static control's and the untrained model's;
+  * shuffling the frames costs Semantic R@1 (the temporal gap is positive).
+Issue 8's bar for the full default run (Semantic R@1 >= 50, Logic >= 60) is checked by the README's measured run,
+not here: a CI machine cannot afford 850 steps twice.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+STEPS = 300
+CHANCE_SEMANTIC = 10.0
+
+
+def test_short_default_run_learns_motion_not_objects(tmp_path, ray_local):
+    from instraction.config import load_config
+    from instraction.workflow import pretrain
+
+    data = tmp_path / "synthkitchen"
+    cfg = load_config("configs/default.yaml", [
+        f"run.dir={tmp_path / 'runs'}", "run.name=learning-proof",
+        f"data.shards={data / 'shards'}", f"data.annotations={data / 'annotations'}",
+        "data.synthetic.num_shards=8", f"train.max_steps={STEPS}", "train.checkpoint_every=1000",
+        # the session's Ray has 2 logical CPUs (tests/conftest.py): leave room for Ray Data's own actors
+        "train.cpus_per_worker=0.5", "data.decode_num_cpus=0.5",
+    ])
+    summary = pretrain(cfg, echo=print)
+    assert summary["steps"] == STEPS
+    trained, base = summary["bench"], summary["baselines"]
+    static, untrained = base["static_single_frame"], base["untrained"]
+    sem, logic = trained["semantic"]["R@1"], trained["logic"]["ACC"]
+    print(f"Semantic R@1 {sem:.1f} (static {static['semantic']['R@1']:.1f}, untrained "
+          f"{untrained['semantic']['R@1']:.1f}); Logic {logic:.1f} (static {static['logic']['ACC']:.1f}, "
+          f"untrained {untrained['logic']['ACC']:.1f}); temporal gap {summary['temporal_gap']}")
+    assert sem > CHANCE_SEMANTIC and sem >= 2 * static["semantic"]["R@1"] and sem > untrained["semantic"]["R@1"]
+    assert logic > static["logic"]["ACC"] and logic > untrained["logic"]["ACC"]
+    assert summary["temporal_gap"]["semantic"] > 0
