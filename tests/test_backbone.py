@@ -93,9 +93,28 @@ def test_conv3d_default_size_and_time_axis():
     assert torch.allclose(a[:, 4:], b[:, 4:])  # receptive field of three 3-tap convs is +-3 frames
 
 
-def test_conv3d_tower_has_no_batch_norm():
+def test_conv3d_tower_has_no_batch_norm_unless_asked():
     tower = build_video_tower(VideoTowerConfig())
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in tower.modules())
+    tower = build_video_tower(VideoTowerConfig(norm="batch", width=16, image_size=16, num_frames=4))
+    norms = [m for m in tower.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    assert len(norms) == 3  # one per conv block
+    video = _video(3, 4, 16)
+    tower.train()
+    _, pooled_train = tower(video)
+    assert all(int(m.num_batches_tracked) == 1 for m in norms)  # running statistics updated in training
+    tower.eval()
+    _, alone = tower(video[:1])
+    _, together = tower(video)
+    torch.testing.assert_close(alone[0], together[0])  # eval: a clip's embedding does not depend on its batch
+    assert not torch.allclose(pooled_train[0], together[0])
+
+
+def test_conv3d_norm_choice_is_checked():
+    from instraction.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.video.norm"):
+        load_config(None, ["model.video.norm=layer"])
 
 
 def test_text_tower_shapes_and_pooling_ignores_padding():
