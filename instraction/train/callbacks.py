@@ -45,7 +45,9 @@ class ProgressPrinter(UserCallback):
 
     TERMS = ("loss", "contrastive_loss", "distill_loss", "dtw_loss", "mam_loss")
 
-    def __init__(self, max_steps: int, echo=print, path: str | None = None):
+    def __init__(self, max_steps: int, echo=None, path: str | None = None):
+        # echo None means print, looked up when called: the callback is pickled to the controller, and a captured
+        # or patched builtins.print (pytest) does not pickle
         self.max_steps, self.echo, self.path = max_steps, echo, path
         self.last: tuple[int, float] | None = None
 
@@ -54,7 +56,7 @@ class ProgressPrinter(UserCallback):
             return
         line = self.line(metrics[0], time.monotonic())
         if self.path is None:
-            self.echo(line)
+            (self.echo or print)(line)
             return
         try:
             with open(self.path, "a") as f:
