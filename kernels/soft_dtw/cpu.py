@@ -10,7 +10,8 @@ Same recurrence as reference.py (README.md has the maths). Design:
     backward is seeded at (n_b, m_b) only, so the padding's E is exactly 0 (all its successors are padding).
   * stable soft-min in the R domain: mn = min of the three predecessors, e_t = exp((mn - R_t) / g) in (0, 1]
     (the argmin's is exactly 1), R = C + mn - g log(e_0 + e_1 + e_2), sum in [1, 3]. No overflow at any gamma or
-    length; +inf borders give exp(-708) ~ 1e-308 instead of 0 (10^-300 below rounding of the sum).
+    length; +inf borders give exp(-708) ~ 1e-308 instead of 0 (10^-300 below rounding of the sum). Only the two
+    non-argmin factors are computed (blends route them to up / left / diag): two exponentials per cell, not three.
   * exp and log are inlined polynomial implementations (Cody-Waite + degree-13 Taylor for exp on x <= 0, with 2^k
     built from the exponent bits; atanh series for log on [1, 3]): numba has no vector libm here (no SVML), and
     calls to the scalar libm would keep the loop scalar. Both are accurate to a few ulp (tested at 1e-12 against
