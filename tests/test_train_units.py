@@ -309,13 +309,15 @@ def test_progress_printer_shows_step_losses_pace_and_time_left():
 def test_progress_lines_go_through_a_file_the_driver_follows(tmp_path):
     import threading
 
-    from instraction.train.callbacks import ProgressPrinter, follow
+    from instraction.train.callbacks import ProgressPrinter, file_size, follow
 
     path = str(tmp_path / "progress.log")
+    with open(path, "w") as f:
+        f.write("    train: step 3/10 | from an earlier attempt\n")  # a resumed run: not echoed again
     printer = ProgressPrinter(max_steps=10, path=path)
     seen: list[str] = []
     stop = threading.Event()
-    thread = threading.Thread(target=follow, args=(path, stop, seen.append, 0.01))
+    thread = threading.Thread(target=follow, args=(path, stop, seen.append, 0.01, file_size(path)))
     thread.start()
     printer.after_report(None, [{"step": 5, "loss": 1.0}], None)
     printer.after_report(None, [{"step": 10, "loss": 0.5}], None)

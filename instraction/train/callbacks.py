@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from ray.train import UserCallback
@@ -75,9 +76,19 @@ class ProgressPrinter(UserCallback):
         return "    train: " + " | ".join(parts)
 
 
-def follow(path: str, stop, echo=print, poll_s: float = 1.0) -> None:
-    """Echo the lines appended to ``path`` until ``stop`` (a threading.Event) is set, then the rest (thread body)."""
-    position = 0
+def file_size(path: str) -> int:
+    """Bytes in ``path`` (0 when it does not exist): where :func:`follow` should start."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def follow(path: str, stop, echo=print, poll_s: float = 1.0, start: int = 0) -> None:
+    """Echo the lines appended to ``path`` after byte ``start`` until ``stop`` (a threading.Event) is set, then the
+    rest (thread body). Pass ``start=file_size(path)``, taken before training starts, so the lines of an earlier
+    attempt of a resumed run are not repeated."""
+    position = start
     while True:
         done = stop.wait(poll_s)
         try:

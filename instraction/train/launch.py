@@ -136,7 +136,7 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     ``model_builder(cfg, vocab_size) -> nn.Module`` and ``collate(numpy rows) -> batch`` replace the defaults
     (``instraction.model.instraction.build_model``, ``instraction.data.examples.Collate(cfg.data)``).
     """
-    from instraction.train.callbacks import FailureLogger, ProgressPrinter, follow
+    from instraction.train.callbacks import FailureLogger, ProgressPrinter, file_size, follow
 
     if "train" not in datasets:
         raise ValueError(f"datasets needs a 'train' dataset, got {sorted(datasets)}")
@@ -157,7 +157,8 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     trainer = build_trainer(cfg, run_dir, datasets, loop_config(cfg, run_dir, run_id, model_builder, collate),
                             callbacks)
     stop = threading.Event()
-    follower = threading.Thread(target=follow, args=(progress, stop), daemon=True) if progress else None
+    follower = (threading.Thread(target=follow, args=(progress, stop), kwargs={"start": file_size(progress)},
+                                 daemon=True) if progress else None)
     if follower:
         follower.start()
     try:
