@@ -208,7 +208,7 @@ def run_gpu(argv: list[str] | None = None) -> int:
         print("soft-DTW GPU benchmark needs a CUDA GPU: no timings; Triton interpreter correctness check instead")
         return _interpreter_check()
     from kernels.soft_dtw.reference import soft_dtw_torch
-    from kernels.soft_dtw.triton import soft_dtw_triton
+    from kernels.soft_dtw.triton import soft_dtw_triton, tuned_configs
 
     # name -> (fwd fn, bytes per cell: cost, grad and saved state; triton: 3 fp32 weights, torch: ~9 skewed buffers)
     impls = {"triton": (lambda c: soft_dtw_triton(c, ns.gamma), 24),
@@ -251,8 +251,6 @@ def run_gpu(argv: list[str] | None = None) -> int:
                     dv = (row[name][2].double() - row["triton"][2].double()).abs().max().item()
                     out[name] = f"{row[name][0] / row['triton'][0]:.1f}x ({dv:.1e})"
         print(f"{length:5d} {batch:5d} {cells}  " + ", ".join(f"{k} {v}" for k, v in out.items()))
-        from kernels.soft_dtw.triton import tuned_configs
-
         print("        autotuned: " + ", ".join(f"{k} {v}" for k, v in tuned_configs().items()))
         del cost
         torch.cuda.empty_cache()
