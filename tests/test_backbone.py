@@ -117,6 +117,27 @@ def test_conv3d_norm_choice_is_checked():
         load_config(None, ["model.video.norm=layer"])
 
 
+@pytest.mark.parametrize("temporal_blocks, reach", [(0, 0), (1, 1), (2, 2), (-1, 3)])
+def test_conv3d_temporal_blocks_set_the_temporal_receptive_field(temporal_blocks, reach):
+    tower = build_video_tower(VideoTowerConfig(temporal_blocks=temporal_blocks, frame_differences=False)).eval()
+    kernels = [m.kernel_size[0] for m in tower.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert kernels == [3] * reach + [1] * (3 - reach)
+    video = _video(1, 8, 32)
+    edited = video.clone()
+    edited[:, 4] += 1.0
+    a, _ = tower(video)
+    b, _ = tower(edited)
+    changed = [t for t in range(8) if not torch.allclose(a[:, t], b[:, t])]
+    assert changed == list(range(4 - reach, 5 + reach))  # frame 4 reaches exactly +-reach frames
+
+
+def test_conv3d_temporal_blocks_are_checked():
+    from instraction.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="model.video.temporal_blocks"):
+        load_config(None, ["model.video.temporal_blocks=7"])
+
+
 def test_text_tower_shapes_and_pooling_ignores_padding():
     tower = build_text_tower(_tiny_text(), VOCAB).eval()
     ids = torch.tensor([[1, 7, 8, 9, 2, 0, 0, 0], [1, 5, 2, 0, 0, 0, 0, 0]])

@@ -3,22 +3,18 @@
 
     python -m pytest tests/test_learning_proof.py -q          # ~5 minutes on 2 cores
 
-The default config with fewer steps (STEPS instead of 800) and half the data. What it asserts, on the held-out
-bench (source videos never seen in training):
-  * InstrAct-Semantic R@1 of the trained model is at least twice that of the same model fed one random frame
-    repeated (the static control: no motion, every object cue still there) and 3 points above the untrained
-    model. (Not "above 10% chance": 10% is a random ranking's; a model that cannot see the verbs scores ~1-2%,
-    because the positive sits in the middle of its 9 one-verb edits and has to beat every one of them.)
-  * InstrAct-Logic ACC is 5 points above the untrained model's. Not above the static control's: that control
-    gets ~45-60% from text alone (an order swap moves pronoun phrases like "whisk it" ahead of their
-    antecedent), and in short runs the trained model does not beat it yet (400 steps: 51.8 vs 59.1); the full
-    default run does (README);
+The default config with fewer steps (STEPS instead of 1000) and a quarter of the data (8 shards). What it
+asserts, on the held-out bench (source videos never seen in training):
+  * InstrAct-Semantic R@1 of the trained model is at least SEMANTIC_MIN and at least twice that of the same
+    model fed one random frame repeated (the static control: no motion, every object cue still there). (A model
+    that cannot see the verbs scores ~1-2%, under the 10% of a random ranking: the positive sits in the middle of
+    its 9 one-verb edits and has to beat every one of them.)
+  * InstrAct-Logic ACC >= 60 (issue 8's bar) and 10 points above the static control, which gets ~40-55% from
+    the text alone (an order swap moves pronoun phrases like "whisk it" ahead of their antecedent);
   * shuffling the frames costs Semantic R@1 (the temporal gap is positive).
-Measured here: 300 steps Semantic 6.5 (static 1.5, untrained 1.5), Logic 57.7 (static 43.8, untrained 33.6);
-400 steps Semantic 6.5 (static 2.0), Logic 51.8 (static 59.1, untrained 33.6), temporal gap +2.5. STEPS = 600
-for margin (~5 minutes).
-Issue 8's bar for the full default run (Semantic R@1 >= 50, Logic >= 60) is checked by the README's measured run,
-not here: a CI machine cannot afford that run (~9 minutes) on top of the rest.
+@MEASURED@
+Issue 8's Semantic bar for the full default run (R@1 >= 50) is checked by the README's measured run, not here:
+a CI machine cannot afford that run (~8.5 minutes) on top of the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +24,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 STEPS = 600
+SEMANTIC_MIN = 10.0
 
 
 def test_short_default_run_learns_motion_not_objects(tmp_path, ray_local):
@@ -50,6 +47,6 @@ def test_short_default_run_learns_motion_not_objects(tmp_path, ray_local):
     print(f"Semantic R@1 {sem:.1f} (static {static['semantic']['R@1']:.1f}, untrained "
           f"{untrained['semantic']['R@1']:.1f}); Logic {logic:.1f} (static {static['logic']['ACC']:.1f}, "
           f"untrained {untrained['logic']['ACC']:.1f}); temporal gap {summary['temporal_gap']}")
-    assert sem >= 2 * static["semantic"]["R@1"] and sem >= untrained["semantic"]["R@1"] + 3
-    assert logic >= untrained["logic"]["ACC"] + 5
+    assert sem >= SEMANTIC_MIN and sem >= 2 * static["semantic"]["R@1"]
+    assert logic >= 60 and logic >= static["logic"]["ACC"] + 10
     assert summary["temporal_gap"]["semantic"] > 0

@@ -89,6 +89,27 @@ def test_encoders_shapes_and_normalisation(tiny_config):
     assert torch.allclose(video, torch.nn.functional.normalize(s.mean(1), dim=-1), atol=1e-5)
 
 
+def test_max_pooled_video_embedding_is_used_for_training_and_retrieval(tiny_config):
+    _, model = _model(["model.video_pool=max"])
+    batch = make_dummy_batch(tiny_config, VOCAB, 3)
+    with torch.no_grad():
+        s = model.video_proj(model.perceiver(model.video(batch["video"])[0]))
+        video = model.encode_video(batch["video"])
+    expected = torch.nn.functional.normalize(s.amax(1), dim=-1)
+    assert torch.allclose(video, expected, atol=1e-5)
+    assert not torch.allclose(video, torch.nn.functional.normalize(s.mean(1), dim=-1), atol=1e-3)
+    # The contrastive term sees the same embedding: the pooled max is what gets its gradient.
+    _, mean_model = _model()
+    with torch.no_grad():
+        losses = float(model(batch)["contrastive_loss"]), float(mean_model(batch)["contrastive_loss"])
+    assert losses[0] != pytest.approx(losses[1])
+    # Only the token holding the max of a dimension receives that dimension's gradient.
+    tokens = s.clone().requires_grad_(True)
+    model.pool(tokens)[:, 0].sum().backward()
+    winners = (tokens.grad[:, :, 0] != 0).sum(1)
+    assert winners.tolist() == [1, 1, 1]
+
+
 def test_a_few_adamw_steps_lower_the_loss(tiny_config):
     _, model = _model()
     batch = make_dummy_batch(tiny_config, VOCAB, 4, seed=1)

@@ -16,6 +16,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import torch
 
 from instraction.data import video
 from instraction.data.render import encode_h264
@@ -195,3 +196,72 @@ def test_decord_matches_pyav_on_synthkitchen_clip():
     a = decode_frames(sample["mp4"], 8, 32)
     b = video.decode_frames_decord(sample["mp4"], 8, 32)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0
+
+
+# ------------------------------------------------------------------------------------------- training augmentation
+def _dot_clips(b=64, t=3, size=16):
+    """Clips with one bright pixel at (5, 3) in every frame: where it lands shows each clip's transform."""
+    clips = np.zeros((b, t, size, size, 3), np.uint8)
+    clips[:, :, 5, 3] = 255
+    return clips
+
+
+def test_augment_off_is_an_identity_copy():
+    clips = _dot_clips()
+    out = video.augment_clips(clips, np.random.default_rng(0))
+    assert np.array_equal(out, clips) and out is not clips
+
+
+def test_augment_hflip_mirrors_whole_clips_with_the_given_probability():
+    clips = _dot_clips(b=400)
+    out = video.augment_clips(clips, np.random.default_rng(0), hflip=0.5)
+    flipped = out[:, :, 5, 16 - 1 - 3, 0] == 255  # [B,T]
+    assert (flipped == flipped[:, :1]).all()  # all frames of a clip together
+    assert 0.4 < flipped[:, 0].mean() < 0.6
+    assert np.array_equal(out[flipped[:, 0]], clips[flipped[:, 0], :, :, ::-1])
+    assert np.array_equal(out[~flipped[:, 0]], clips[~flipped[:, 0]])
+    assert np.array_equal(clips, _dot_clips(b=400))  # the input is left alone
+    always = video.augment_clips(clips[:3], np.random.default_rng(1), hflip=1.0)
+    assert np.array_equal(always, clips[:3, :, :, ::-1])
+
+
+def test_augment_shift_moves_every_frame_of_a_clip_by_one_offset_within_bounds():
+    s, clips = 2, _dot_clips(b=200)
+    clips[:, :, :, 0] = 7  # a left edge column: replicated, never zero-filled, when shifting right
+    out = video.augment_clips(clips, np.random.default_rng(0), max_shift=s)
+    offsets = set()
+    for clip in out:
+        ys, xs = np.nonzero(clip[:, :, :, 1] == 255)[1:]
+        assert len(ys) == clip.shape[0]  # the dot survives once per frame
+        assert len(set(zip(ys.tolist(), xs.tolist()))) == 1  # same offset in every frame
+        dy, dx = int(ys[0]) - 5, int(xs[0]) - 3
+        assert abs(dy) <= s and abs(dx) <= s
+        offsets.add((dy, dx))
+        assert (clip[:, :, 0] != 0).all() or dx < 0  # left edge replicated
+    assert len(offsets) == (2 * s + 1) ** 2  # every offset is drawn
+    again = video.augment_clips(clips, np.random.default_rng(0), max_shift=s)
+    assert np.array_equal(out, again)  # the generator decides, nothing else
+
+
+def test_augment_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="max_shift"):
+        video.augment_clips(_dot_clips(size=8), np.random.default_rng(0), max_shift=8)
+    with pytest.raises(ValueError, match="B,T,H,W,C"):
+        video.augment_clips(np.zeros((4, 8, 8, 3), np.uint8), np.random.default_rng(0), hflip=1.0)
+
+
+def test_training_collate_augments_and_evaluation_collate_does_not():
+    from instraction.config import ConfigError, load_config
+    from instraction.data.examples import Collate
+
+    cfg = load_config(None, ["data.augment.hflip=1.0", "data.size=16"])
+    row = {"video": _dot_clips(b=2, t=cfg.data.num_frames),
+           **{k: np.zeros((2, 4), np.int64) for k in ("text_ids", "mam_ids", "mam_labels")},
+           "text_mask": np.ones((2, 4), bool), "neg_ids": np.zeros((2, 1, 4), np.int64),
+           "neg_mask": np.zeros((2, 1), bool), "verb_ids": np.zeros((2, 1, 2), np.int64),
+           "verb_mask": np.zeros((2, 1, 2), bool), "verb_count": np.zeros(2, np.int64)}
+    plain = Collate(cfg.data)(row)["video"]
+    train = Collate(cfg.data, augment_seed=(0, 0, 0))(row)["video"]
+    assert torch.equal(train, plain.flip(-1)) and not torch.equal(train, plain)
+    with pytest.raises(ConfigError, match="data.augment.hflip"):
+        load_config(None, ["data.augment.hflip=1.5"])

@@ -107,6 +107,29 @@ class S3Config:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-time clip augmentation, applied per clip to the uint8 frames in the training workers' collate
+    (never to evaluation or the bench). Every frame of a clip gets the same transform, so motion is preserved.
+    Mirroring left-right keeps every SynthKitchen verb (and most instructional verbs) what it is; a flip up-down
+    or a time reversal would not (lift <-> drop), so neither is offered."""
+
+    hflip: float = 0.0
+    """Probability of mirroring a clip left-right."""
+    max_shift: int = 0
+    """Translate a clip by up to this many pixels in x and y (uniform, edges replicated); 0: off."""
+
+    def validate(self, path: str) -> None:
+        from instraction.config import check_range
+
+        check_range(f"{path}.hflip", self.hflip, 0.0, 1.0)
+        check_range(f"{path}.max_shift", self.max_shift, 0, None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.hflip > 0 or self.max_shift > 0
+
+
+@dataclass
 class ConvertConfig:
     """jobs/make_shards.py: HowTo100M-style ``caption.json`` + a folder of videos -> shards at ``data.shards``."""
 
@@ -181,6 +204,7 @@ class DataConfig:
     and iterate that every epoch. For data that fits (the embedded SynthKitchen: ~25 KB per clip): it removes the
     per-epoch restart of the read/decode pipeline (seconds per epoch, which on small data is most of the run).
     Rows are the same either way (negatives are seeded per clip key). Leave it off for streaming HowTo100M."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
 
     def validate(self, path: str) -> None:

@@ -56,11 +56,17 @@ def normalise_video(video: np.ndarray | torch.Tensor, data: DataConfig) -> torch
 
 
 def collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], data: DataConfig,
-            include_keys: bool = True) -> dict[str, Any]:
+            include_keys: bool = True, rng: Optional[np.random.Generator] = None) -> dict[str, Any]:
     """A numpy batch (dict of stacked columns, as Ray's ``iter_batches`` gives) or a list of decode-stage rows
-    -> the batch contract (module docstring) as CPU tensors."""
+    -> the batch contract (module docstring) as CPU tensors. With ``rng`` (training), ``data.augment`` is applied
+    to the clips first."""
     cols = _stack(batch)
-    out: dict[str, Any] = {"video": normalise_video(cols["video"], data)}
+    video = cols["video"]
+    if rng is not None and data.augment.enabled:
+        from instraction.data.video import augment_clips
+
+        video = augment_clips(video, rng, data.augment.hflip, data.augment.max_shift)
+    out: dict[str, Any] = {"video": normalise_video(video, data)}
     for name in _LONG:
         out[name] = torch.from_numpy(np.array(cols[name], dtype=np.int64))
     for name in _BOOL:
@@ -89,13 +95,17 @@ except Exception:  # pragma: no cover - older Ray
 
 
 class Collate(_CollateBase):
-    """:func:`collate` as the callable class ``DataIterator.iter_torch_batches(collate_fn=...)`` expects."""
+    """:func:`collate` as the callable class ``DataIterator.iter_torch_batches(collate_fn=...)`` expects.
 
-    def __init__(self, data: DataConfig, include_keys: bool = False):
+    ``augment_seed`` (training only): clips are augmented per ``data.augment`` with a generator seeded by it, so
+    every batch draws fresh transforms and a run is repeatable (give each rank its own seed)."""
+
+    def __init__(self, data: DataConfig, include_keys: bool = False, augment_seed: Optional[int | Sequence[int]] = None):
         self.data, self.include_keys = data, include_keys
+        self.rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        return collate(batch, self.data, self.include_keys)
+        return collate(batch, self.data, self.include_keys, self.rng)
 
 
 class TimedBatches:

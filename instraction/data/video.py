@@ -228,3 +228,25 @@ def _resize_array(rgb: np.ndarray, size: int, reformatter) -> np.ndarray:
         return rgb
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
     return _to_rgb(frame, size, reformatter)
+
+
+def augment_clips(video: np.ndarray, rng: np.random.Generator, hflip: float = 0.0, max_shift: int = 0) -> np.ndarray:
+    """Training augmentation of uint8 clips [B,T,H,W,C] (one transform per clip, the same for all its frames):
+    mirror left-right with probability ``hflip``; translate by (dy, dx) drawn uniformly from
+    [-max_shift, max_shift], replicating the edge pixels. Returns a new array; the input is not modified."""
+    video = np.asarray(video)
+    if video.ndim != 5:
+        raise ValueError(f"augment_clips: expected clips [B,T,H,W,C], got shape {video.shape}")
+    b, h, w = video.shape[0], video.shape[2], video.shape[3]
+    out = video.copy()
+    flip = rng.random(b) < hflip if hflip > 0 else np.zeros(b, bool)
+    out[flip] = out[flip, :, :, ::-1]
+    s = int(max_shift)
+    if s > 0:
+        if s >= min(h, w):
+            raise ValueError(f"augment_clips: max_shift {s} must be smaller than the frame ({h}x{w})")
+        padded = np.pad(out, ((0, 0), (0, 0), (s, s), (s, s), (0, 0)), mode="edge")
+        dy, dx = rng.integers(-s, s + 1, size=(2, b))
+        for i in range(b):  # a clip's window into its padded frames: shifting by (dy, dx)
+            out[i] = padded[i, :, s - dy[i]:s - dy[i] + h, s - dx[i]:s - dx[i] + w]
+    return out

@@ -196,6 +196,8 @@ class FrameGroupNorm(nn.GroupNorm):
 class Conv3dVideoTower(nn.Module):
     """3D-conv stem: ``layers`` blocks Conv3d(3x3x3, temporal stride 1) -> per-frame GroupNorm -> GELU.
 
+    ``temporal_blocks`` (-1: all) of them mix frames t-1..t+1; the rest are per-frame 1x3x3 (half the cost).
+
     The first log2(patch_size) blocks halve the spatial grid, so P = (image_size / patch_size)^2 tokens per frame;
     the first block (full resolution, the costliest per channel) is width/2 wide, the rest ``width``. A residual
     per-token MLP (``mlp_ratio``) then mixes channels cheaply. ``norm``: per-frame GroupNorm (statistics per
@@ -213,10 +215,11 @@ class Conv3dVideoTower(nn.Module):
         widths = ([max(cfg.width // 2, 8)] if cfg.layers > 1 else []) + [cfg.width] * max(cfg.layers - 1, 1)
         self.frame_differences = cfg.frame_differences
         blocks, c_in = [], 6 if cfg.frame_differences else 3
+        temporal = len(widths) if cfg.temporal_blocks < 0 else cfg.temporal_blocks
         for i, c_out in enumerate(widths):
-            s = 2 if i < halvings else 1
+            s, kt = (2 if i < halvings else 1), (3 if i < temporal else 1)
             blocks += [
-                nn.Conv3d(c_in, c_out, 3, stride=(1, s, s), padding=1, bias=False),
+                nn.Conv3d(c_in, c_out, (kt, 3, 3), stride=(1, s, s), padding=(kt // 2, 1, 1), bias=False),
                 FrameGroupNorm(math.gcd(8, c_out), c_out) if cfg.norm == "group" else nn.BatchNorm3d(c_out),
                 nn.GELU(),
             ]

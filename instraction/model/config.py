@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 VIDEO_TOWERS = ["conv3d", "vit"]
+VIDEO_POOLS = ["mean", "max"]
 ACTIVATIONS = ["gelu", "quick_gelu"]
 
 
@@ -36,6 +37,10 @@ class VideoTowerConfig:
     """conv3d normalisation after each conv: group (GroupNorm per frame: per-sample statistics, eval equals train)
     | batch (BatchNorm3d: batch statistics in training, running ones at eval, per data-parallel rank, not synced).
     On SynthKitchen a verb probe on the tower learnt the same verb sets in ~2/3 of the steps with batch norm."""
+    temporal_blocks: int = -1
+    """conv3d: how many of the first conv blocks mix time (3x3x3 kernels); the rest are per-frame 1x3x3 (about half the
+    cost on CPU). -1: every block. One temporal block already sees frames t-1..t+1 (and their differences), which
+    is where SynthKitchen's verbs show; the Perceiver and the decoder mix time further up."""
     frame_differences: bool = False
     """conv3d: also feed x_t - x_(t-1) (0 at t = 0) as 3 extra input channels, an explicit motion signal (as in
     TSN's RGB-diff / TDN). The tower still has to learn what the motion means; a single frame repeated (the
@@ -63,6 +68,9 @@ class VideoTowerConfig:
                 raise ConfigError(f"{path}.patch_size={self.patch_size} must be a power of two for kind=conv3d")
             if halvings > self.layers:
                 raise ConfigError(f"{path}.layers={self.layers} < log2(patch_size)={halvings} strided blocks (conv3d)")
+            if not -1 <= self.temporal_blocks <= self.layers:
+                raise ConfigError(f"{path}.temporal_blocks={self.temporal_blocks} must be -1 (all) or 0..layers="
+                                  f"{self.layers}")
 
 
 @dataclass
@@ -143,6 +151,9 @@ class ModelConfig:
     perceiver: PerceiverConfig = field(default_factory=PerceiverConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     pretrained: PretrainedConfig = field(default_factory=PretrainedConfig)
+    video_pool: str = "mean"
+    """How the K projected student action tokens become the clip embedding: mean (the paper's average) | max
+    (per-dimension max over tokens: an action seen by one latent is not diluted by the others)."""
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
     """The learnable temperature is clamped so that 1/T <= max_logit_scale (CLIP)."""
@@ -150,6 +161,7 @@ class ModelConfig:
     def validate(self, path: str) -> None:
         from instraction.config import ConfigError, check_choice
 
+        check_choice(f"{path}.video_pool", self.video_pool, VIDEO_POOLS)
         check_choice(f"{path}.pretrained.format", self.pretrained.format, ["auto", "hf_clip", "viclip"])
         if (self.pretrained.freeze_text or self.pretrained.freeze_video) and not self.pretrained.path:
             raise ConfigError(f"{path}.pretrained.freeze_* needs {path}.pretrained.path (freezing random weights)")

@@ -5,8 +5,10 @@
     caption [B,L] --text tower--> t [B,Ct]           masked caption + S --decoder--> next-token logits  (eq. 8)
 
 Embeddings (joint space, E = embed_dim, L2-normalised):
-* video: mean over the K student action tokens of video_proj(S). Verb phrases do not exist at inference, and the
-  student is exactly what the distillation (eq. 3-4) trains to stand alone, so retrieval uses it.
+* video: the K student action tokens video_proj(S) pooled by ``model.video_pool``: their mean (the paper's
+  average) or their per-dimension max (the embedded default: an action one latent sees is not diluted by the
+  K-1 others). Verb phrases do not exist at inference, and the student is exactly what the distillation
+  (eq. 3-4) trains to stand alone, so retrieval uses it.
 * teacher video: mean over the real verb phrases of video_proj(T) (distillation target).
 * text / negatives / verb phrases: text_proj(pooled text state).
 
@@ -91,9 +93,14 @@ class InstrActionModel(nn.Module):
         return F.normalize(self.text_proj(pooled), dim=-1)
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """video [B,T,3,H,W] -> [B,E] L2-normalised: mean of the projected student action tokens."""
+        """video [B,T,3,H,W] -> [B,E] L2-normalised: the projected student action tokens, pooled (``pool``)."""
         _, s = self._student(video)
-        return F.normalize(self.video_proj(s).mean(dim=1), dim=-1)
+        return self.pool(self.video_proj(s))
+
+    def pool(self, s_proj: torch.Tensor) -> torch.Tensor:
+        """Projected student tokens [B,K,E] -> clip embedding [B,E], L2-normalised (model.video_pool)."""
+        pooled = s_proj.amax(dim=1) if self.model_cfg.video_pool == "max" else s_proj.mean(dim=1)
+        return F.normalize(pooled, dim=-1)
 
     def action_tokens(self, video: torch.Tensor) -> torch.Tensor:
         """video [B,T,3,H,W] -> [B,K,E]: the K student action tokens, projected and L2-normalised, in time order."""
@@ -127,7 +134,7 @@ class InstrActionModel(nn.Module):
         weights = {name: float(getattr(cfg, f"{name}_weight")) for name in LOSS_TERMS}
         tokens, s = self._student(batch["video"])
         s_proj = self.video_proj(s)  # [B,K,E]
-        video_emb = F.normalize(s_proj.mean(dim=1), dim=-1)
+        video_emb = self.pool(s_proj)
         text_emb = self.encode_text(batch["text_ids"], batch["text_mask"])
         scale = self.scale()
         zero = video_emb.new_zeros(())

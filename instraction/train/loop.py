@@ -51,10 +51,12 @@ def _default_model_builder(cfg, vocab_size: int) -> torch.nn.Module:
     return build_model(cfg, vocab_size)
 
 
-def _default_collate(cfg) -> Callable[[dict], dict]:
+def _default_collate(cfg, rank: int = 0, step: int = 0) -> Callable[[dict], dict]:
+    """The training collate: contract tensors, clips augmented per data.augment with a stream of its own per
+    (seed, rank, starting step), so ranks differ and a resumed run does not replay the first transforms."""
     from instraction.data.examples import Collate
 
-    return Collate(cfg.data, include_keys=False)
+    return Collate(cfg.data, include_keys=False, augment_seed=(cfg.run.seed, rank, step))
 
 
 class Trainer:
@@ -90,7 +92,7 @@ class Trainer:
             log.info("rank %d resumed at step %d (epoch %d, batch %d)", self.rank, self.state.step,
                      self.state.epoch, self.state.batch_in_epoch)
 
-        collate = loop_config.get("collate") or _default_collate(cfg)
+        collate = loop_config.get("collate") or _default_collate(cfg, self.rank, self.state.step)
         self.stream = BatchStream(ray.train.get_dataset_shard("train"), cfg.train.batch_size, collate,
                                   epoch=self.state.epoch, batch_in_epoch=self.state.batch_in_epoch,
                                   prefetch=cfg.data.prefetch_batches, shuffle_buffer=cfg.data.shuffle_buffer,
