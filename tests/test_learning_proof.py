@@ -1,10 +1,10 @@
 """Learning proof, short config: the main job end to end (SynthKitchen -> rules curation -> held-out InstrAct Bench
 -> Ray Train + DeepSpeed on 2 CPU workers -> evaluation) must learn motion, not objects.
 
-    python -m pytest tests/test_learning_proof.py -q          # ~5 minutes on 2 cores
+    python -m pytest tests/test_learning_proof.py -q          # ~6 minutes on 2 cores
 
-The default config with fewer steps (STEPS instead of 1000) and a quarter of the data (8 shards). What it
-asserts, on the held-out bench (source videos never seen in training):
+The default config (its 32 shards) with fewer steps (STEPS instead of 1000). What it asserts, on the held-out
+bench (source videos never seen in training):
   * InstrAct-Semantic R@1 of the trained model is at least SEMANTIC_MIN and at least twice that of the same
     model fed one random frame repeated (the static control: no motion, every object cue still there). (A model
     that cannot see the verbs scores ~1-2%, under the 10% of a random ranking: the positive sits in the middle of
@@ -12,7 +12,9 @@ asserts, on the held-out bench (source videos never seen in training):
   * InstrAct-Logic ACC >= 60 (issue 8's bar) and 10 points above the static control, which gets ~40-55% from
     the text alone (an order swap moves pronoun phrases like "whisk it" ahead of their antecedent);
   * shuffling the frames costs Semantic R@1 (the temporal gap is positive).
-@MEASURED@
+Measured: with 8 shards (a quarter of the data) 600 steps gave Semantic 17.9 (static 2.0) but Logic only 54.7
+(static 40.1): ~880 training clips are memorised. In-process on the default's 32 shards, 600 steps reached
+Semantic ~38 and Logic ~87, hence all of the data here and thresholds well under that.
 Issue 8's Semantic bar for the full default run (R@1 >= 50) is checked by the README's measured run, not here:
 a CI machine cannot afford that run (~8.5 minutes) on top of the rest.
 """
@@ -24,7 +26,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 STEPS = 600
-SEMANTIC_MIN = 10.0
+SEMANTIC_MIN = 15.0
 
 
 def test_short_default_run_learns_motion_not_objects(tmp_path, ray_local):
@@ -35,7 +37,7 @@ def test_short_default_run_learns_motion_not_objects(tmp_path, ray_local):
     cfg = load_config("configs/default.yaml", [
         f"run.dir={tmp_path / 'runs'}", "run.name=learning-proof",
         f"data.shards={data / 'shards'}", f"data.annotations={data / 'annotations'}",
-        "data.synthetic.num_shards=8", f"train.max_steps={STEPS}", "train.checkpoint_every=1000",
+        f"train.max_steps={STEPS}", "train.checkpoint_every=1000",
         # the session's Ray has 2 logical CPUs (tests/conftest.py): leave room for Ray Data's own actors
         "train.cpus_per_worker=0.5", "data.decode_num_cpus=0.5",
     ])
