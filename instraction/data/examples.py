@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from instraction.data.config import DataConfig
+from instraction.data.video import augment_clips
 
 _LONG = ("text_ids", "neg_ids", "verb_ids", "verb_count", "mam_ids", "mam_labels")
 _BOOL = ("text_mask", "neg_mask", "verb_mask")
@@ -63,8 +64,6 @@ def collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], data: DataCo
     cols = _stack(batch)
     video = cols["video"]
     if rng is not None and data.augment.enabled:
-        from instraction.data.video import augment_clips
-
         video = augment_clips(video, rng, data.augment.hflip, data.augment.max_shift)
     out: dict[str, Any] = {"video": normalise_video(video, data)}
     for name in _LONG:

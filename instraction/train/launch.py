@@ -134,7 +134,8 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
       reason from ``<data.annotations>/summary.json``, when present).
 
     ``model_builder(cfg, vocab_size) -> nn.Module`` and ``collate(numpy rows) -> batch`` replace the defaults
-    (``instraction.model.instraction.build_model``, ``instraction.data.examples.Collate(cfg.data)``).
+    (``instraction.model.instraction.build_model``; ``instraction.data.examples.Collate`` seeded per rank, which
+    applies ``data.augment``; a collate passed here is used as is, without augmentation).
     """
     from instraction.train.callbacks import FailureLogger, ProgressPrinter, file_size, follow
 
