@@ -31,8 +31,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/ablations" / f"{n}.yaml") for n in TABLE4])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--cross-eval", action="store_true", help="Semantic / Logic from separately trained runs")
-    parser.add_argument("overrides", nargs="*", help="key=value applied to every run")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help="key=value applied to every run (anywhere on the line)")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # key=value items may follow --configs / --seeds, whose nargs="+" would otherwise swallow them
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides = overrides
 
     from pretrain import _init_ray  # jobs/pretrain.py: the same Ray start-up rules
 

@@ -16,8 +16,8 @@ Measured: with 8 shards (a quarter of the data) 600 steps gave Semantic 17.9 (st
 (static 40.1): ~880 training clips are memorised. In-process on the default's 32 shards, 600 steps reached
 Semantic ~38 and Logic ~87, hence all of the data here and thresholds well under that; this test in CI:
 Semantic 33.3 (static 1.7, untrained 1.8), Logic 83.9 (static 43.9, untrained 38.2), temporal gap +27.3.
-Issue 8's Semantic bar for the full default run (R@1 >= 50) is checked by the README's measured run, not here:
-a CI machine cannot afford that run (~8.5 minutes) on top of the rest.
+Issue 8's Semantic bar for the full default run (R@1 >= 50) is not asserted here: the four 1000-step default runs
+measured reached 55.2, 62.3, 51.3 and 60.2 (README), a spread at which about one CI run in ten would fail.
 """
 
 from __future__ import annotations
