@@ -31,11 +31,6 @@ def test_table_rows_and_cells():
     assert "| table4_both | 70.0 ± 0.0 | nan ± nan | 1 |" in lines
 
 
-TINY_DATA = ["data.synthetic.num_shards=3", "data.synthetic.clips_per_shard=12", "data.synthetic.size=16",
-             "data.synthetic.slots=4", "data.synthetic.max_actions=3", "data.synthetic.min_action_slots=1",
-             "data.synthetic.max_action_slots=2"]
-
-
 @pytest.mark.integration
 def test_ablate_job_trains_every_config_per_seed_and_writes_the_table(tmp_path, ray_local):
     """jobs/ablate.py end to end on a tiny SynthKitchen: each config x seed is its own run (its own seed and loss
@@ -44,7 +39,7 @@ def test_ablate_job_trains_every_config_per_seed_and_writes_the_table(tmp_path, 
 
     from omegaconf import OmegaConf
 
-    from train_helpers import TINY_OVERRIDES
+    from train_helpers import TINY_DATA, TINY_OVERRIDES
 
     sys.path.insert(0, str(ROOT / "jobs"))
     import ablate

@@ -129,3 +129,23 @@ def test_dispatch():
     assert kernels.soft_dtw(torch.zeros(0, 3, 4), 1.0, backend="numba").shape == (0,)
     with pytest.raises(ValueError, match="gamma"):
         kernels.soft_dtw(cost, 0.0, backend="numba")
+
+
+@pytest.mark.parametrize("b,n,m,full", [(19, 7, 12, True), (19, 7, 12, False), (5, 3, 40, True), (5, 3, 40, False)])
+def test_transposing_copy_scales_and_zeroes_the_padding(b, n, m, full):
+    """Both loop orders of the [B,N,M] -> [N,M,B_padded] copy (rows of <= 32 / longer rows): scaled costs inside each
+    pair's lengths, exact zeros outside and in the padding pairs, whatever the (pooled) output held before."""
+    from kernels.soft_dtw.cpu import _LANES, _to_nmb
+
+    rng = np.random.default_rng(b * n * m)
+    cost = rng.random((b, n, m))
+    nbp = -(-b // _LANES) * _LANES
+    ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
+    ln[:b] = n if full else rng.integers(1, n + 1, b)
+    lm[:b] = m if full else rng.integers(1, m + 1, b)
+    out = np.full((n, m, nbp), np.nan)
+    _to_nmb(cost, ln, lm, -2.5, full, out)
+    want = np.zeros((n, m, nbp))
+    for k in range(b):
+        want[:ln[k], :lm[k], k] = -2.5 * cost[k, :ln[k], :lm[k]]
+    np.testing.assert_array_equal(out, want)

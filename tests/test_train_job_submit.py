@@ -90,9 +90,7 @@ def test_ray_job_submit_runs_pretrain_to_completion(ray_head, tmp_path):
     overrides = [*th.TINY_OVERRIDES, "train.max_steps=6", "train.checkpoint_every=3", "run.evaluate=false",
                  "train.cpus_per_worker=0.5", "data.decode_num_cpus=0.5", "run.name=submitted",
                  f"run.dir={tmp_path}/runs", f"data.shards={tmp_path}/shards", f"data.annotations={tmp_path}/ann",
-                 "data.synthetic.num_shards=2", "data.synthetic.clips_per_shard=12", "data.synthetic.size=16",
-                 "data.synthetic.slots=4", "data.synthetic.max_actions=2", "data.synthetic.min_action_slots=1",
-                 "data.synthetic.max_action_slots=2"]
+                 *th.TINY_DATA]
     env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
            "RAY_AUTH_MODE": "token"}
     cmd = ["ray", "job", "submit", "--address", ray_head, "--working-dir", str(REPO),

@@ -19,6 +19,12 @@ TINY_OVERRIDES = [
     "model.text.width=16", "model.text.layers=1", "model.embed_dim=16", "data.num_frames=4", "data.size=16",
     "train.batch_size=4", "train.num_workers=2", "train.warmup_steps=2", "train.lr=0.01",
 ]
+# A SynthKitchen of 36 16-px clips for whole-job tests (seconds to render); up to 3 actions per clip, so the bench
+# has Logic items (bench.logic_min_actions = 3).
+TINY_DATA = [
+    "data.synthetic.num_shards=3", "data.synthetic.clips_per_shard=12", "data.synthetic.size=16", "data.synthetic.slots=4",
+    "data.synthetic.max_actions=3", "data.synthetic.min_action_slots=1", "data.synthetic.max_action_slots=2",
+]
 
 
 def tiny_config(tmp_path, *overrides: str):

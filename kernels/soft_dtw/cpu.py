@@ -27,6 +27,7 @@ Same recurrence as reference.py (README.md has the maths). Design:
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -70,10 +71,22 @@ def _exp2_nonpos(x):
 @numba.njit(**_JIT)
 def _to_nmb(cost, ln, lm, scale, full, out):
     """out[i, j, b] = scale * cost[b, i, j] inside pair b's lengths (all of it when `full`), 0 in its padding and for
-    the pairs b >= B (the batch is padded to a multiple of _LANES). Blocks of 8 pairs: the strided reads of a block
-    stay in L1; the `full` loop has no select (2x faster)."""
+    the pairs b >= B (the batch is padded to a multiple of _LANES). Two loop orders, chosen by measurement (the
+    strided side is the slow one either way): for full short rows (M <= 32: the paper's K x verbs) each pair's row
+    i is read contiguously and scattered over the M output rows (1.7x faster at 32x12); otherwise blocks of 8 pairs
+    per cell, whose strided reads stay in L1 (the `full` loop without a select: 2x faster than with one)."""
     nb, n, m = cost.shape
     nbp = out.shape[2]
+    if full and m <= 32:
+        for i in range(n):
+            for b in range(nb):
+                row = cost[b, i]
+                for j in range(m):
+                    out[i, j, b] = scale * row[j]
+            for j in range(m):
+                for b in range(nb, nbp):
+                    out[i, j, b] = 0.0
+        return
     for b0 in range(0, nbp, 8):
         b1 = min(nb, b0 + 8)
         for i in range(n):
@@ -89,12 +102,12 @@ def _to_nmb(cost, ln, lm, scale, full, out):
 
 
 @numba.njit(**_JIT)
-def _forward(c, ln, lm, w, p_end, x_end):
+def _forward(c, ln, lm, w, gamma, value):
     """Row-major DP, B innermost, in base 2: cell value V = -R / (g ln 2) = P + log2 X, held as (P, X) with
     X in [1, 2). With Pm = max of the predecessors' P and F_t = 2^(P_t - Pm) in (0, 1] (the argmax's is exactly 1):
     Xr = sum_t F_t X_t in [1, 6), X = Xr / 2^k (k = 0, 1, 2: X back in [1, 2)), P = c + Pm + k - no log, no overflow.
     w[t, i, j, b] = F_t X_t / Xr: weight of predecessor t (up, left, diag) in cell (i, j).
-    (p_end, x_end)[b] = (P, X) of cell (ln[b], lm[b])."""
+    value[b] (b < len(value)) = R of cell (ln[b], lm[b]) = -gamma ln2 (P + log2 X)."""
     n, m, nb = c.shape
     neg = -1e300  # P of the border cells (their X is 0, so they never contribute)
     prev_p, prev_x = np.full((m + 1, nb), neg), np.zeros((m + 1, nb))
@@ -149,10 +162,9 @@ def _forward(c, ln, lm, w, p_end, x_end):
                 out_x[b] = x
                 left_p[b] = p
                 left_x[b] = x
-        for b in range(nb):
+        for b in range(value.shape[0]):
             if ln[b] == i:
-                p_end[b] = cur_p[lm[b], b]
-                x_end[b] = cur_x[lm[b], b]
+                value[b] = -gamma * (cur_p[lm[b], b] * _LN2 + math.log(cur_x[lm[b], b]))
         prev_p, cur_p = cur_p, prev_p
         prev_x, cur_x = cur_x, prev_x
 
@@ -179,6 +191,15 @@ def _backward(w, ln, lm, grad_value, grad):
         below, cur = cur, below
 
 
+def _aligned_empty(shape: tuple) -> np.ndarray:
+    """np.empty(shape) of float64 starting on a 64-byte boundary (numpy only guarantees 16): whole-cache-line AVX-512
+    loads and stores (the backward at 32x12: ~10% faster)."""
+    size = math.prod(shape)
+    buf = np.empty(size + 8)
+    start = (-buf.ctypes.data % 64) // 8
+    return buf[start:start + size].reshape(shape)
+
+
 class _Pool:
     """Free scratch arrays by (kind, shape), reused across calls: fresh arrays of this size cost a page fault per
     4 KiB on first touch (more than the DP itself at the paper's shapes). Bounded; thread-safe."""
@@ -194,7 +215,7 @@ class _Pool:
             if kept:
                 self.bytes -= kept[-1].nbytes
                 return kept.pop()
-        return np.empty(shape)
+        return _aligned_empty(shape)
 
     def put(self, array: np.ndarray) -> None:
         with self.lock:
@@ -217,23 +238,36 @@ class _Lease:
             _POOL.put(self.array)
 
 
+@functools.lru_cache(maxsize=64)
+def _full_lengths(b: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ln, lm) int64 [B padded to _LANES] of a batch without lengths: N and M, 0 for the padding pairs. Shared
+    between calls (the kernels only read them)."""
+    nbp = -(-b // _LANES) * _LANES
+    ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
+    ln[:b], lm[:b] = n, m
+    return ln, lm
+
+
 class _SoftDTWNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, gamma, lengths_n, lengths_m):
         b, n, m = cost.shape
         nbp = -(-b // _LANES) * _LANES
-        ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)  # padded pairs: length 0, never read
-        ln[:b] = n if lengths_n is None else lengths_n.cpu().numpy()
-        lm[:b] = m if lengths_m is None else lengths_m.cpu().numpy()
+        full = lengths_n is None  # check_inputs gives both or neither
+        if full:
+            ln, lm = _full_lengths(b, n, m)
+        else:  # padded pairs: length 0, never read
+            ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
+            ln[:b] = lengths_n.cpu().numpy()
+            lm[:b] = lengths_m.cpu().numpy()
         src = cost.detach().to(torch.float64).contiguous().numpy()
         c = _POOL.get((n, m, nbp))
-        _to_nmb(src, ln, lm, -_LOG2E / gamma, lengths_n is None, c)
+        _to_nmb(src, ln, lm, -_LOG2E / gamma, full, c)
         w = _POOL.get((3, n + 2, m + 2, nbp))
-        p_end, x_end = np.empty(nbp), np.ones(nbp)
-        _forward(c, ln, lm, w, p_end, x_end)
+        value = np.empty(b)
+        _forward(c, ln, lm, w, gamma, value)
         _POOL.put(c)
         ctx.lease, ctx.ln, ctx.lm, ctx.dtype = _Lease(w), ln, lm, cost.dtype
-        value = -gamma * (p_end[:b] * _LN2 + np.log(x_end[:b]))  # R = -g ln2 (P + log2 X)
         return torch.from_numpy(value).to(cost.dtype)
 
     @staticmethod
@@ -244,9 +278,9 @@ class _SoftDTWNumba(torch.autograd.Function):
         b = grad_out.shape[0]
         seed = np.zeros(nbp)
         seed[:b] = grad_out.detach().to(torch.float64).numpy()
-        grad = np.empty((b, n, m))
-        _backward(w, ctx.ln, ctx.lm, seed, grad)
-        return torch.from_numpy(grad).to(ctx.dtype), None, None, None
+        grad = torch.empty((b, n, m), dtype=torch.float64)  # torch aligns to 64 bytes
+        _backward(w, ctx.ln, ctx.lm, seed, grad.numpy())
+        return grad.to(ctx.dtype), None, None, None
 
 
 def soft_dtw_numba(cost: torch.Tensor, gamma: float = 1.0, lengths_n=None, lengths_m=None) -> torch.Tensor:
