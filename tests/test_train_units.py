@@ -20,7 +20,7 @@ from instraction.train import checkpoint as ckpt
 from instraction.train import tracking
 from instraction.train.batches import BatchStream, to_device
 from instraction.train.engine import CONFIG_DIR, build_engine, deepspeed_config, floating_dtype, is_plain, param_groups
-from instraction.train.launch import data_accounting, flat_accounting, storage, storage_filesystem
+from instraction.train.launch import cpus_needed, data_accounting, flat_accounting, storage, storage_filesystem
 from instraction.train.schedule import WarmupCosine, build_scheduler
 
 
@@ -33,6 +33,16 @@ def test_warmup_then_cosine_to_floor():
     assert m(14) == pytest.approx(0.1) and m(1000) == pytest.approx(0.1)
     decay = [m(s) for s in range(4, 15)]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
+
+
+def test_cpus_needed_counts_decode_beside_training_only_when_streaming(tmp_path):
+    """Streaming: 2 workers x 1 CPU + 2 decode actors x 1 CPU + reads 0.25 run side by side; materialised, the
+    decode finishes before the workers start, so the larger phase is the peak."""
+    base = ["train.num_workers=2", "train.cpus_per_worker=1", "data.decode_concurrency=2", "data.decode_num_cpus=1",
+            "data.read_num_cpus=0.25"]
+    assert cpus_needed(th.tiny_config(tmp_path, *base, "data.materialize=false")) == pytest.approx(4.25)
+    assert cpus_needed(th.tiny_config(tmp_path, *base, "data.materialize=true")) == pytest.approx(2.25)
+    assert cpus_needed(th.tiny_config(tmp_path, *base, "data.materialize=true", "train.num_workers=3")) == 3
 
 
 def test_scheduler_state_round_trips():

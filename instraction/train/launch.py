@@ -190,17 +190,28 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     }
 
 
+def cpus_needed(cfg: Config) -> float:
+    """Logical CPUs the run reserves at its peak. Streaming (HowTo100M): training workers, decode actors and shard
+    readers side by side. With ``data.materialize`` the read + decode run once, to completion, before the workers
+    start, so only the larger of the two phases counts. (jobs/pretrain.py's local Ray still gets the sum: spare
+    logical CPUs cost nothing there and leave room for Ray Data's own helpers.)"""
+    t, d = cfg.train, cfg.data
+    train, decode = t.num_workers * t.cpus_per_worker, d.decode_concurrency * d.decode_num_cpus + d.read_num_cpus
+    return max(train, decode) if d.materialize else train + decode
+
+
 def warn_if_cluster_too_small(cfg: Config) -> None:
-    """Training workers and decode actors reserve CPUs side by side; if the cluster cannot hold both (and no
-    autoscaler adds nodes), the workers wait forever for data. Say so up front."""
+    """If the cluster cannot hold what the run reserves (:func:`cpus_needed`) and no autoscaler adds nodes, the
+    workers wait forever for data. Say so up front."""
     import ray
 
     total = ray.cluster_resources()
     t, d = cfg.train, cfg.data
-    cpus = t.num_workers * t.cpus_per_worker + d.decode_concurrency * d.decode_num_cpus + d.read_num_cpus
+    cpus = cpus_needed(cfg)
     if cpus > total.get("CPU", 0):
-        log.warning("training (%d x %.2f CPU) + decoding (%d x %.2f CPU) + reads (%.2f CPU) need %.2f CPUs, the "
-                    "cluster has %.1f now: unless the autoscaler adds nodes, lower train.cpus_per_worker / "
+        log.warning("training (%d x %.2f CPU), decoding (%d x %.2f CPU) + reads (%.2f CPU) need %.2f CPUs (side by "
+                    "side when streaming, the larger phase with data.materialize), the cluster has %.1f now: unless "
+                    "the autoscaler adds nodes, lower train.cpus_per_worker / "
                     "data.decode_num_cpus", t.num_workers, t.cpus_per_worker, d.decode_concurrency, d.decode_num_cpus,
                     d.read_num_cpus, cpus, total.get("CPU", 0))
     if t.use_gpu and t.num_workers > total.get("GPU", 0):
