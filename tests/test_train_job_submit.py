@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PORT_FLAGS = ["--port", "--dashboard-port", "--ray-client-server-port", "--dashboard-agent-listen-port",
               "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
               "--node-manager-port", "--object-manager-port"]
+WORKER_PORTS = 200
 
 
 def _free_ports(n: int) -> list[int]:
@@ -72,15 +73,18 @@ def _stop_instance(temp_dir: str) -> None:
 def ray_head():
     temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     ports = _free_ports(len(PORT_FLAGS))
-    workers = _free_ports(1)[0]
+    # the worker port range must not hold any of the other ports (`ray start` refuses the overlap)
+    workers = next(w for w in iter(lambda: _free_ports(1)[0], None)
+                   if not any(w <= port <= w + WORKER_PORTS for port in ports) and w + WORKER_PORTS < 65536)
     cmd = ["ray", "start", "--head", "--num-cpus", "2", "--temp-dir", temp_dir, "--include-dashboard", "true",
            "--dashboard-host", "127.0.0.1", "--disable-usage-stats",
-           "--min-worker-port", str(workers), "--max-worker-port", str(workers + 200)]
+           "--min-worker-port", str(workers), "--max-worker-port", str(workers + WORKER_PORTS)]
     for flag, port in zip(PORT_FLAGS, ports):
         cmd += [flag, str(port)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120, env=env)
+        started = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert started.returncode == 0, f"ray start failed: {started.stdout[-2000:]}{started.stderr[-2000:]}"
         yield f"http://127.0.0.1:{ports[PORT_FLAGS.index('--dashboard-port')]}"
     finally:
         _stop_instance(temp_dir)
