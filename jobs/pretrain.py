@@ -36,8 +36,9 @@ def _init_ray(cfg, log_to_driver: bool = False) -> None:
     else:
         # Logical CPUs: training workers, decode actors and shard readers each reserve theirs; on a small machine
         # they must fit side by side (the OS shares the cores) or the workers would wait forever for data.
-        t, d = cfg.train, cfg.data
-        needed = t.num_workers * t.cpus_per_worker + d.decode_concurrency * d.decode_num_cpus + d.read_num_cpus
+        from instraction.train.launch import cpus_needed
+
+        needed = cpus_needed(cfg, side_by_side=True)
         ray.init(address="local", num_cpus=max(os.cpu_count() or 2, math.ceil(needed)), include_dashboard=False,
                  log_to_driver=log_to_driver,
                  runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1"}})

@@ -43,6 +43,8 @@ def test_cpus_needed_counts_decode_beside_training_only_when_streaming(tmp_path)
     assert cpus_needed(th.tiny_config(tmp_path, *base, "data.materialize=false")) == pytest.approx(4.25)
     assert cpus_needed(th.tiny_config(tmp_path, *base, "data.materialize=true")) == pytest.approx(2.25)
     assert cpus_needed(th.tiny_config(tmp_path, *base, "data.materialize=true", "train.num_workers=3")) == 3
+    materialised = th.tiny_config(tmp_path, *base, "data.materialize=true")
+    assert cpus_needed(materialised, side_by_side=True) == pytest.approx(4.25)  # jobs/pretrain.py's local Ray
 
 
 def test_scheduler_state_round_trips():

@@ -190,14 +190,17 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     }
 
 
-def cpus_needed(cfg: Config) -> float:
+def cpus_needed(cfg: Config, side_by_side: bool | None = None) -> float:
     """Logical CPUs the run reserves at its peak. Streaming (HowTo100M): training workers, decode actors and shard
     readers side by side. With ``data.materialize`` the read + decode run once, to completion, before the workers
-    start, so only the larger of the two phases counts. (jobs/pretrain.py's local Ray still gets the sum: spare
-    logical CPUs cost nothing there and leave room for Ray Data's own helpers.)"""
+    start, so only the larger of the two phases counts. ``side_by_side=True`` gives the sum either way
+    (jobs/pretrain.py sizes its local Ray so: spare logical CPUs cost nothing there and leave room for Ray Data's
+    own helpers)."""
     t, d = cfg.train, cfg.data
     train, decode = t.num_workers * t.cpus_per_worker, d.decode_concurrency * d.decode_num_cpus + d.read_num_cpus
-    return max(train, decode) if d.materialize else train + decode
+    if side_by_side is None:
+        side_by_side = not d.materialize
+    return train + decode if side_by_side else max(train, decode)
 
 
 def warn_if_cluster_too_small(cfg: Config) -> None:
