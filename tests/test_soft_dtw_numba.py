@@ -132,10 +132,11 @@ def test_dispatch():
 
 
 @pytest.mark.parametrize("b,n,m,full", [(19, 7, 12, True), (19, 7, 12, False), (5, 3, 40, True), (5, 3, 40, False)])
-def test_transposing_copy_scales_and_zeroes_the_padding(b, n, m, full):
-    """Both loop orders of the [B,N,M] -> [N,M,B_padded] copy (rows of <= 32 / longer rows): scaled costs inside each
-    pair's lengths, exact zeros outside and in the padding pairs, whatever the (pooled) output held before."""
-    from kernels.soft_dtw.cpu import _LANES, _to_nmb
+def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
+    """Both loop orders of the forward's per-row copy [B,N,M] row i -> [M,B_padded] (rows of <= 32 / longer rows):
+    scaled costs inside each pair's lengths, exact zeros outside them, whatever the buffer held before; the padding
+    pairs' columns are not touched (the forward zeroes them once)."""
+    from kernels.soft_dtw.cpu import _LANES, _cost_row
 
     rng = np.random.default_rng(b * n * m)
     cost = rng.random((b, n, m))
@@ -143,9 +144,12 @@ def test_transposing_copy_scales_and_zeroes_the_padding(b, n, m, full):
     ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
     ln[:b] = n if full else rng.integers(1, n + 1, b)
     lm[:b] = m if full else rng.integers(1, m + 1, b)
-    out = np.full((n, m, nbp), np.nan)
-    _to_nmb(cost, ln, lm, -2.5, full, out)
-    want = np.zeros((n, m, nbp))
-    for k in range(b):
-        want[:ln[k], :lm[k], k] = -2.5 * cost[k, :ln[k], :lm[k]]
-    np.testing.assert_array_equal(out, want)
+    for i in range(n):
+        out = np.full((m, nbp), np.nan)
+        _cost_row(cost, i, ln, lm, -2.5, full, out)
+        want = np.full((m, nbp), np.nan)
+        want[:, :b] = 0.0
+        for k in range(b):
+            if i < ln[k]:
+                want[:lm[k], k] = -2.5 * cost[k, i, :lm[k]]
+        np.testing.assert_array_equal(out, want)
