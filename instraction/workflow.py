@@ -112,7 +112,10 @@ def prepare_data(cfg: Config, stages: Stages) -> None:
     if present and marker is None:
         return  # somebody else's shards: use them as they are
     with stages("data", f"SynthKitchen -> {cfg.data.shards}"):
-        paths = make_synthkitchen(cfg.data.shards, cfg.data.synthetic, log=stages.echo)
+        import ray
+
+        paths = make_synthkitchen(cfg.data.shards, cfg.data.synthetic, log=stages.echo,
+                                  use_ray=ray.is_initialized())
         stages.echo(f"    {len(paths)} shards ready")
 
 

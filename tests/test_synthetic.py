@@ -101,6 +101,42 @@ def test_deterministic(small, tmp_path):
     assert changed["000000003"]["txt"] != sample_a["txt"] or changed["000000003"]["mp4"] != sample_a["mp4"]
 
 
+@pytest.mark.integration
+def test_ray_tasks_render_the_same_bytes(small, tmp_path, ray_local):
+    """use_ray=True (what the main job does once Ray is up) fans the shards out as Ray tasks on this node: the same
+    bytes as rendering them in the driver, the same marker totals apart from timings, a log line per shard."""
+    _, paths = small
+    lines = []
+    again = make_synthkitchen(tmp_path / "ray", SMALL, log=lines.append, use_ray=True)
+    assert again == [str(tmp_path / "ray" / os.path.basename(p)) for p in paths]
+    for a, b in zip(paths, again):
+        assert open(a, "rb").read() == open(b, "rb").read()
+    assert sorted(line.split()[2] for line in lines) == sorted(again)
+    counts = {k: v for k, v in synthetic.read_marker(tmp_path / "ray")["totals"].items() if not k.endswith("_s")}
+    want = {k: v for k, v in synthetic.read_marker(os.path.dirname(paths[0]))["totals"].items() if not k.endswith("_s")}
+    assert counts == want and counts["count"] == SMALL.num_shards * SMALL.clips_per_shard
+
+
+@pytest.mark.integration
+def test_ray_task_failure_is_raised_and_finished_shards_kept(tmp_path, ray_local):
+    """A shard whose task fails raises its own error in the driver (here its parquet path is taken by a directory),
+    after the shards already running have finished; those stay complete, and the next run renders only the rest."""
+    cfg = dataclasses.replace(SMALL, clips_per_shard=4, num_shards=2)
+    out = tmp_path / "sk"
+    out.mkdir()
+    (out / "00001.parquet.partial").mkdir()
+    finished = []
+    with pytest.raises(OSError):
+        for shard, stats in synthetic._render_with_ray(out, [0, 1], cfg):
+            finished.append((shard, stats["count"]))
+    assert finished == [(0, 4)] and (out / "00000_stats.json").exists() and not (out / "00001.tar").exists()
+    (out / "00001.parquet.partial").rmdir()
+    first = os.stat(out / "00000.tar").st_mtime_ns
+    paths = make_synthkitchen(out, cfg, use_ray=True)
+    assert [os.path.basename(p) for p in paths] == ["00000.tar", "00001.tar"]
+    assert os.stat(out / "00000.tar").st_mtime_ns == first and synthetic.read_marker(out)["totals"]["count"] == 8
+
+
 def test_cache_resume_and_atomic_shards(tmp_path, monkeypatch):
     cfg = dataclasses.replace(SMALL, clips_per_shard=6, num_shards=3)
     out = tmp_path / "sk"

@@ -258,13 +258,15 @@ def read_marker(out_dir: str | os.PathLike) -> Optional[dict]:
 
 
 def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool = False,
-                      log: Any = None) -> list[str]:
+                      log: Any = None, use_ray: bool = False) -> list[str]:
     """Write the SynthKitchen dataset of ``cfg`` into local directory ``out_dir``; returns the sorted tar paths.
 
     A finished dataset with the same config hash is reused as is (nothing rendered); complete shards of an
     interrupted run with the same hash are kept. ``{shard:05d}`` shards SynthKitchen did not write are refused
     unless ``force`` (which re-renders everything); other tars are always refused (they would join the dataset).
-    ``log``: optional callable(str) for progress lines.
+    ``log``: optional callable(str) for progress lines. ``use_ray``: render the missing shards as Ray tasks on this
+    node (Ray must be initialised; one task per shard, at most one per core of this machine in flight), else one
+    after another in this process. The bytes are the same either way (a shard depends on (cfg, shard) only).
     """
     if "://" in str(out_dir):
         raise ValueError(f"SynthKitchen writes to a local directory, not {out_dir!r} (copy the shards afterwards)")
@@ -292,13 +294,13 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
             (out / name).unlink(missing_ok=True)
     totals: Counter = Counter()
     tic = time.perf_counter()
+    missing = [shard for shard in range(cfg.num_shards) if not _shard_complete(out, shard, digest)]
+    render_shards = _render_with_ray if use_ray and len(missing) > 1 else _render_here
+    for shard, stats in render_shards(out, missing, cfg):
+        if log:
+            log(f"synthkitchen: wrote {paths[shard]} ({stats['clips']} clips, {stats['duration']:.1f} s)")
     for shard in range(cfg.num_shards):
-        if _shard_complete(out, shard, digest):
-            stats = json.loads((out / f"{shard:05d}_stats.json").read_text())
-        else:
-            stats = write_shard(out, shard, cfg)
-            if log:
-                log(f"synthkitchen: wrote {paths[shard]} ({stats['clips']} clips, {stats['duration']:.1f} s)")
+        stats = json.loads((out / f"{shard:05d}_stats.json").read_text())
         for field in ("count", "clips", "instructional_clips", "chatter_clips", "whole_videos", "tar_bytes",
                       "render_s", "encode_s"):
             totals[field] += stats[field]
@@ -310,6 +312,45 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, out / MARKER)
     return paths
+
+
+def _render_here(out: Path, shards: list[int], cfg: SynthConfig):
+    """(shard, stats) for each shard, rendered one after another in this process."""
+    for shard in shards:
+        yield shard, write_shard(out, shard, cfg)
+
+
+def _render_with_ray(out: Path, shards: list[int], cfg: SynthConfig):
+    """(shard, stats) in completion order, each shard rendered by a Ray task pinned to this node (the output is a
+    local directory), at most os.cpu_count() in flight so a big Ray reservation does not oversubscribe the cores.
+    A failed shard raises its error here once the tasks already running have finished (their shards are complete
+    and kept for the next run; nothing else is started)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if not ray.is_initialized():
+        raise RuntimeError("make_synthkitchen(use_ray=True) needs ray.init() first")
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(write_shard).options(num_cpus=1, max_retries=0, scheduling_strategy=here,
+                                           name="synthkitchen.write_shard")
+    todo, running, failure = list(shards), {}, None
+    limit = max(1, os.cpu_count() or 1)
+    while todo or running:
+        while todo and len(running) < limit and failure is None:
+            shard = todo.pop(0)
+            running[task.remote(str(out), shard, cfg)] = shard
+        if not running:
+            break
+        done, _ = ray.wait(list(running), num_returns=1)
+        shard = running.pop(done[0])
+        try:
+            stats = ray.get(done[0])
+        except Exception as err:  # noqa: BLE001 - re-raised below, after the running tasks
+            failure = failure or err
+            continue
+        yield shard, stats
+    if failure is not None:
+        raise failure
 
 
 def _any_ours(out: Path, names: list[str]) -> bool:
