@@ -137,6 +137,23 @@ def test_ray_task_failure_is_raised_and_finished_shards_kept(tmp_path, ray_local
     assert os.stat(out / "00000.tar").st_mtime_ns == first and synthetic.read_marker(out)["totals"]["count"] == 8
 
 
+@pytest.mark.integration
+def test_ray_node_without_cpus_renders_in_the_driver(tmp_path, ray_local, monkeypatch):
+    """A node that gives Ray no CPU (a KubeRay head with num-cpus 0) would never run a task pinned to it: the shards
+    are rendered in this process instead (seen here because a patched build_sample only exists in this process)."""
+    node_id = ray_local.get_runtime_context().get_node_id()
+    real_nodes, real_build = ray_local.nodes, synthetic.build_sample
+    monkeypatch.setattr(ray_local, "nodes", lambda: [
+        {**n, "Resources": {**n.get("Resources", {}), "CPU": 0.0}} if n.get("NodeID") == node_id else n
+        for n in real_nodes()])
+    calls = []
+    monkeypatch.setattr(synthetic, "build_sample", lambda c, shard, index: calls.append(shard) or real_build(c, shard,
+                                                                                                          index))
+    cfg = dataclasses.replace(SMALL, clips_per_shard=3, num_shards=2)
+    assert len(make_synthkitchen(tmp_path / "sk", cfg, use_ray=True)) == 2
+    assert sorted(calls) == [0, 0, 0, 1, 1, 1]
+
+
 def test_cache_resume_and_atomic_shards(tmp_path, monkeypatch):
     cfg = dataclasses.replace(SMALL, clips_per_shard=6, num_shards=3)
     out = tmp_path / "sk"

@@ -265,8 +265,8 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
     interrupted run with the same hash are kept. ``{shard:05d}`` shards SynthKitchen did not write are refused
     unless ``force`` (which re-renders everything); other tars are always refused (they would join the dataset).
     ``log``: optional callable(str) for progress lines. ``use_ray``: render the missing shards as Ray tasks on this
-    node (Ray must be initialised; one task per shard, at most one per core of this machine in flight), else one
-    after another in this process. The bytes are the same either way (a shard depends on (cfg, shard) only).
+    node (Ray must be initialised; one task per shard, at most one per core in flight; in this process when the node
+    gives Ray no CPU), else one after another in this process. The bytes are the same either way (a shard depends on (cfg, shard) only).
     """
     if "://" in str(out_dir):
         raise ValueError(f"SynthKitchen writes to a local directory, not {out_dir!r} (copy the shards afterwards)")
@@ -322,19 +322,25 @@ def _render_here(out: Path, shards: list[int], cfg: SynthConfig):
 
 def _render_with_ray(out: Path, shards: list[int], cfg: SynthConfig):
     """(shard, stats) in completion order, each shard rendered by a Ray task pinned to this node (the output is a
-    local directory), at most os.cpu_count() in flight so a big Ray reservation does not oversubscribe the cores.
-    A failed shard raises its error here once the tasks already running have finished (their shards are complete
-    and kept for the next run; nothing else is started)."""
+    local directory), at most min(this node's Ray CPUs, os.cpu_count()) in flight. A node that gives Ray no CPU (a
+    cluster head started with --num-cpus 0) renders in this process instead: a pinned task would wait forever. A
+    failed shard raises its error here once the tasks already running have finished (their shards are complete and
+    kept for the next run; nothing else is started)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     if not ray.is_initialized():
         raise RuntimeError("make_synthkitchen(use_ray=True) needs ray.init() first")
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    task = ray.remote(write_shard).options(num_cpus=1, max_retries=0, scheduling_strategy=here,
-                                           name="synthkitchen.write_shard")
+    node_id = ray.get_runtime_context().get_node_id()
+    node_cpus = next((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("NodeID") == node_id), 0)
+    limit = int(min(node_cpus, os.cpu_count() or 1))
+    if limit < 1:
+        yield from _render_here(out, shards, cfg)
+        return
+    task = ray.remote(write_shard).options(
+        num_cpus=1, max_retries=0, name="synthkitchen.write_shard",
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
     todo, running, failure = list(shards), {}, None
-    limit = max(1, os.cpu_count() or 1)
     while todo or running:
         while todo and len(running) < limit and failure is None:
             shard = todo.pop(0)
