@@ -154,6 +154,29 @@ def test_ray_node_without_cpus_renders_in_the_driver(tmp_path, ray_local, monkey
     assert sorted(calls) == [0, 0, 0, 1, 1, 1]
 
 
+@pytest.mark.integration
+def test_ray_tasks_do_not_wait_behind_reserved_cpus(tmp_path, ray_local):
+    """The render tasks reserve no Ray CPU (their own in-flight limit is the budget): with every CPU of the node held
+    by an actor, as an earlier job's leftover might, the shards are still written instead of waiting forever."""
+    free = ray_local.available_resources().get("CPU", 0)
+
+    @ray_local.remote
+    class Holder:
+        def ready(self):
+            return True
+
+    holder = Holder.options(num_cpus=free).remote() if free else None
+    try:
+        if holder:
+            ray_local.get(holder.ready.remote(), timeout=60)
+        assert ray_local.available_resources().get("CPU", 0) == 0
+        cfg = dataclasses.replace(SMALL, clips_per_shard=3, num_shards=2)
+        assert len(make_synthkitchen(tmp_path / "sk", cfg, use_ray=True)) == 2
+    finally:
+        if holder:
+            ray_local.kill(holder)
+
+
 def test_cache_resume_and_atomic_shards(tmp_path, monkeypatch):
     cfg = dataclasses.replace(SMALL, clips_per_shard=6, num_shards=3)
     out = tmp_path / "sk"

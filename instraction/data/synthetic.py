@@ -337,8 +337,10 @@ def _render_with_ray(out: Path, shards: list[int], cfg: SynthConfig):
     if limit < 1:
         yield from _render_here(out, shards, cfg)
         return
+    # num_cpus=0: the in-flight limit above is the CPU budget, so the tasks never wait behind Ray reservations that
+    # other work (an actor left by an earlier job in the same Ray instance) holds on this node
     task = ray.remote(write_shard).options(
-        num_cpus=1, max_retries=0, name="synthkitchen.write_shard",
+        num_cpus=0, max_retries=0, name="synthkitchen.write_shard",
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
     todo, running, failure = list(shards), {}, None
     while todo or running:
