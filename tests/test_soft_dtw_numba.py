@@ -153,3 +153,24 @@ def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
             if i < ln[k]:
                 want[:lm[k], k] = -2.5 * cost[k, i, :lm[k]]
         np.testing.assert_array_equal(out, want)
+
+
+def test_no_writable_cache_location_compiles_instead_of_failing_the_import(tmp_path):
+    """Where numba finds no writable cache location (a read-only install, no writable HOME; simulated by leaving it
+    only the zip-import locator), importing the backend warns and compiles in-process instead of raising."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cost = random_cost(3, 5, 4, seed=7)
+    torch.save(cost, tmp_path / "cost.pt")
+    script = ("import json, sys, torch; from kernels.soft_dtw.cpu import soft_dtw_numba; "
+              "print(json.dumps(soft_dtw_numba(torch.load(sys.argv[1]), 0.3).tolist()))")
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    run = subprocess.run([sys.executable, "-c", script, str(tmp_path / "cost.pt")], env=env, capture_output=True,
+                         text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "numba cannot cache compiled kernels here" in run.stderr
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == soft_dtw_numba(cost, 0.3).tolist()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -40,7 +41,26 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["soft_dtw_numba"]
 
-_JIT = dict(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")  # contract: FMAs only
+
+def _on_disk_cache() -> bool:
+    """Whether numba can cache compiled kernels on disk here. It picks the first writable location (__pycache__ beside
+    this file, NUMBA_CACHE_DIR, the user-wide cache dir) when a function is decorated, and raises if there is none
+    (a read-only install with no writable HOME): then every process compiles (~3-10 s) instead of the import failing."""
+    try:
+        numba.njit(cache=True)(_on_disk_cache_probe)
+    except RuntimeError as err:  # "cannot cache function ...: no locator available for file ..."
+        warnings.warn(f"kernels.soft_dtw: numba cannot cache compiled kernels here ({err}); compiling them in every "
+                      "process. Set NUMBA_CACHE_DIR to a writable directory to keep them.", RuntimeWarning,
+                      stacklevel=2)
+        return False
+    return True
+
+
+def _on_disk_cache_probe():
+    return 0
+
+
+_JIT = dict(cache=_on_disk_cache(), nogil=True, fastmath={"contract"}, error_model="numpy")  # contract: FMAs only
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 _LANES = 16  # the batch is padded to a multiple of this: LLVM vectorises the pair loop 16 wide (2 x AVX-512),
