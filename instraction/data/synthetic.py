@@ -266,7 +266,8 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
     unless ``force`` (which re-renders everything); other tars are always refused (they would join the dataset).
     ``log``: optional callable(str) for progress lines. ``use_ray``: render the missing shards as Ray tasks on this
     node (Ray must be initialised; one task per shard, at most one per core in flight; in this process when the node
-    gives Ray no CPU), else one after another in this process. The bytes are the same either way (a shard depends on (cfg, shard) only).
+    gives Ray no CPU), else one after another in this process. The bytes are the same either way (a shard depends
+    on (cfg, shard) only).
     """
     if "://" in str(out_dir):
         raise ValueError(f"SynthKitchen writes to a local directory, not {out_dir!r} (copy the shards afterwards)")
