@@ -14,8 +14,8 @@ Same recurrence as reference.py (README.md has the maths). Design:
     any gamma or length. Only the two non-argmax factors 2^(P_t - Pm) are computed (the argmax's is exactly 1):
     two exponentials per cell, not three.
   * 2^x is an inlined polynomial (exponent bits for the integer part, degree-12 Taylor of e^r for |r| <= ln2/2,
-    truncation error < 2e-16, evaluated by Estrin's scheme): numba has no vector libm here (no SVML), and calls to the scalar libm would keep
-    the loop scalar. fastmath is limited to `contract` (fused multiply-adds: a 26% faster forward, no
+    truncation error < 2e-16, evaluated by Estrin's scheme): numba has no vector libm here (no SVML), and calls to
+    the scalar libm would keep the loop scalar. fastmath is limited to `contract` (fused multiply-adds: a 26% faster forward, no
     reassociation). Degree 11 was 5% faster at 32x12 but changed LLVM's interleaving so that a 16-pair loop ran
     in its scalar remainder (6x slower at B <= 16): check `_forward` at B = 16 after touching this loop.
   * the forward saves two of the three soft-min weights w_t = e_t / sum of every cell (up and left, [2, N+2, M+2, B],
