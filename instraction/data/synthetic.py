@@ -297,11 +297,13 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
     tic = time.perf_counter()
     missing = [shard for shard in range(cfg.num_shards) if not _shard_complete(out, shard, digest)]
     render_shards = _render_with_ray if use_ray and len(missing) > 1 else _render_here
+    rendered = {}
     for shard, stats in render_shards(out, missing, cfg):
+        rendered[shard] = stats
         if log:
             log(f"synthkitchen: wrote {paths[shard]} ({stats['clips']} clips, {stats['duration']:.1f} s)")
-    for shard in range(cfg.num_shards):
-        stats = json.loads((out / f"{shard:05d}_stats.json").read_text())
+    for shard in range(cfg.num_shards):  # shards kept from an earlier run: their stats file
+        stats = rendered.get(shard) or json.loads((out / f"{shard:05d}_stats.json").read_text())
         for field in ("count", "clips", "instructional_clips", "chatter_clips", "whole_videos", "tar_bytes",
                       "render_s", "encode_s"):
             totals[field] += stats[field]

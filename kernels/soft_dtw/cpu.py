@@ -15,9 +15,9 @@ Same recurrence as reference.py (README.md has the maths). Design:
     two exponentials per cell, not three.
   * 2^x is an inlined polynomial (exponent bits for the integer part, degree-12 Taylor of e^r for |r| <= ln2/2,
     truncation error < 2e-16, evaluated by Estrin's scheme): numba has no vector libm here (no SVML), and calls to
-    the scalar libm would keep the loop scalar. fastmath is limited to `contract` (fused multiply-adds: a 26% faster forward, no
-    reassociation). Degree 11 was 5% faster at 32x12 but changed LLVM's interleaving so that a 16-pair loop ran
-    in its scalar remainder (6x slower at B <= 16): check `_forward` at B = 16 after touching this loop.
+    the scalar libm would keep the loop scalar. fastmath is limited to `contract` (fused multiply-adds: a 26% faster
+    forward, no reassociation). Degree 11 was 5% faster at 32x12 but changed LLVM's interleaving so that a 16-pair
+    loop ran in its scalar remainder (6x slower at B <= 16): check `_forward` at B = 16 after touching this loop.
   * the forward saves two of the three soft-min weights w_t = e_t / sum of every cell (up and left, [2, N+2, M+2, B],
     zero border; the diagonal's is 1 - w_up - w_left, exact to ~2 ulp of 1 in absolute terms); the backward is the E
     recursion E[i,j] = w_up[i+1,j] E[i+1,j] + w_left[i,j+1] E[i,j+1] + w_diag[i+1,j+1] E[i+1,j+1], seeded with
