@@ -122,3 +122,22 @@ def test_autotuning_prunes_narrow_tiles_on_long_sequences():
     long = prune_configs(_CUDA_CONFIGS, {"N": 4096})
     assert long and len(long) < len(_CUDA_CONFIGS)
     assert all(c.kwargs["BLOCK_I"] >= 128 and c.kwargs["BLOCK_B"] <= 2 for c in long)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_without_gradient_saves_nothing_and_agrees_bit_for_bit(device):
+    """No grad needed: the forward is compiled without the weight stores, the value must not change."""
+    from kernels.soft_dtw import triton as sdtw_triton
+
+    cost = random_cost(4, 21, 13, seed=5, device=device)
+    lengths_n, lengths_m = torch.tensor([21, 3, 17, 1], device=device), torch.tensor([13, 13, 2, 5], device=device)
+    lengths_n, lengths_m = lengths_n.int(), lengths_m.int()
+    with_grad, weights = sdtw_triton._forward(cost, 0.1, lengths_n, lengths_m, save=True)
+    without, none = sdtw_triton._forward(cost, 0.1, lengths_n, lengths_m, save=False)
+    assert none is None and weights.shape == (2, 4, 21, 13)
+    torch.testing.assert_close(without, with_grad, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(soft_dtw_triton(cost, 0.1, lengths_n, lengths_m), with_grad, rtol=0, atol=0)
+    # the stored weights are those of the softmin: w_up + w_left <= 1 (w_diag the rest), zero past the lengths
+    assert (weights >= 0).all() and (weights.sum(0) <= 1 + 1e-6).all()
+    assert torch.count_nonzero(weights[:, 1, 3:, :]) == 0 and torch.count_nonzero(weights[:, 2, :, 2:]) == 0

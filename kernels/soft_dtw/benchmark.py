@@ -210,8 +210,8 @@ def run_gpu(argv: list[str] | None = None) -> int:
     from kernels.soft_dtw.reference import soft_dtw_torch
     from kernels.soft_dtw.triton import soft_dtw_triton, tuned_configs
 
-    # name -> (fwd fn, bytes per cell: cost, grad and saved state; triton: 3 fp32 weights, torch: ~9 skewed buffers)
-    impls = {"triton": (lambda c: soft_dtw_triton(c, ns.gamma), 24),
+    # name -> (fwd fn, bytes per cell: cost, grad and saved state; triton: 2 fp32 weights, torch: ~9 skewed buffers)
+    impls = {"triton": (lambda c: soft_dtw_triton(c, ns.gamma), 20),
              "torch": (lambda c: soft_dtw_torch(c, ns.gamma), 72)}
     try:
         import numpy as np

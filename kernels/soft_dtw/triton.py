@@ -7,12 +7,14 @@ operation, and the GPU, which pays per barrier, both amortise over pairs): for e
 cells are processed in tiles of BLOCK_I rows (no length cap), each cell
     R[i,j] = cost[i-1,j-1] + mn - gamma * log(sum_t e_t),   e_t = exp((mn - R_t) / gamma),  mn = min_t R_t
 over its three predecessors t (up (i-1,j), left (i,j-1), diag (i-1,j-1)), with +inf borders. The last two
-diagonals live in a rolling [B, 3, N+2] buffer; a CTA barrier separates diagonals. The soft-min weights
-w_t = e_t / sum e are saved ([3, B, N, M], float32) so the backward is exponential-free:
+diagonals live in a rolling [B, 3, N+2] buffer; a CTA barrier separates diagonals. Two of the soft-min weights
+w_t = e_t / sum e are saved ([2, B, N, M], float32; w_diag = 1 - w_up - w_left, an absolute error of ~1 ulp of 1
+in a weight, like the rounding of each stored weight) so the backward is exponential-free:
     E[i,j] = w_up[i+1,j] E[i+1,j] + w_left[i,j+1] E[i,j+1] + w_diag[i+1,j+1] E[i+1,j+1],  E[n_b,m_b] = dL/dvalue_b
 (Cuturi & Blondel 2017, alg. 2), a reverse wavefront that writes E straight into the gradient buffer. Cells past
 (n_b, m_b) are masked: R = +inf, w = 0, E = 0 (so padding gets exactly zero gradient). float16/bfloat16 costs
-accumulate in float32. Memory: 3 float32 per cell saved for the backward (3x a saved R; buys no exp/log there).
+accumulate in float32. Memory: 2 float32 per cell saved for the backward (2x a saved R; buys no exp/log there),
+none when no gradient is needed (SAVE=False: the forward writes no weights).
 
 Configs: on CUDA the kernels are autotuned over (BLOCK_B, BLOCK_I, num_warps); under TRITON_INTERPRET=1 a fixed
 config is used (autotuning with several configs needs a GPU).
@@ -37,9 +39,9 @@ _CUDA_CONFIGS = [
 
 
 @triton.jit
-def _sdtw_fwd_kernel(cost_ptr, len_n_ptr, len_m_ptr, out_ptr, w_up_ptr, w_left_ptr, w_diag_ptr, rbuf_ptr, B, N, M,
+def _sdtw_fwd_kernel(cost_ptr, len_n_ptr, len_m_ptr, out_ptr, w_up_ptr, w_left_ptr, rbuf_ptr, B, N, M,
                      stride_b, stride_n, stride_m, gamma, inv_gamma,
-                     BLOCK_B: tl.constexpr, BLOCK_I: tl.constexpr):
+                     SAVE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
     b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
     b_ok = b < B
@@ -81,17 +83,17 @@ def _sdtw_fwd_kernel(cost_ptr, len_n_ptr, len_m_ptr, out_ptr, w_up_ptr, w_left_p
             total = e_up + e_left + e_diag  # >= 1
             r = c.to(tl.float32) + mn - gamma * tl.log(total)
             tl.store(cur + i, tl.where(valid, r, inf), mask=band)
-            cell = b64 * N * M + (i - 1) * M + (j - 1)
-            inv_total = 1.0 / total
-            tl.store(w_up_ptr + cell, tl.where(valid, e_up * inv_total, 0.0), mask=band)
-            tl.store(w_left_ptr + cell, tl.where(valid, e_left * inv_total, 0.0), mask=band)
-            tl.store(w_diag_ptr + cell, tl.where(valid, e_diag * inv_total, 0.0), mask=band)
+            if SAVE:  # w_diag is not stored: the backward takes 1 - w_up - w_left
+                cell = b64 * N * M + (i - 1) * M + (j - 1)
+                inv_total = 1.0 / total
+                tl.store(w_up_ptr + cell, tl.where(valid, e_up * inv_total, 0.0), mask=band)
+                tl.store(w_left_ptr + cell, tl.where(valid, e_left * inv_total, 0.0), mask=band)
             tl.store(out_ptr + b64 + 0 * i, r, mask=valid & (i == n_b) & (j == m_b))
         tl.debug_barrier()  # diagonal k is complete before k + 1 reads it
 
 
 @triton.jit
-def _sdtw_bwd_kernel(w_up_ptr, w_left_ptr, w_diag_ptr, len_n_ptr, len_m_ptr, grad_out_ptr, grad_ptr, B, N, M,
+def _sdtw_bwd_kernel(w_up_ptr, w_left_ptr, len_n_ptr, len_m_ptr, grad_out_ptr, grad_ptr, B, N, M,
                      BLOCK_B: tl.constexpr, BLOCK_I: tl.constexpr):
     pid = tl.program_id(0)
     b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -117,8 +119,9 @@ def _sdtw_bwd_kernel(w_up_ptr, w_left_ptr, w_diag_ptr, len_n_ptr, len_m_ptr, gra
             e = tl.load(w_up_ptr + cell + M, mask=down, other=0.0) * tl.load(grad_ptr + cell + M, mask=down, other=0.0)
             e += tl.load(w_left_ptr + cell + 1, mask=right, other=0.0) * \
                 tl.load(grad_ptr + cell + 1, mask=right, other=0.0)
-            e += tl.load(w_diag_ptr + cell + M + 1, mask=both, other=0.0) * \
-                tl.load(grad_ptr + cell + M + 1, mask=both, other=0.0)
+            w_diag = 1.0 - tl.load(w_up_ptr + cell + M + 1, mask=both, other=1.0) - \
+                tl.load(w_left_ptr + cell + M + 1, mask=both, other=0.0)  # 0 where (i+1, j+1) is not a cell
+            e += w_diag * tl.load(grad_ptr + cell + M + 1, mask=both, other=0.0)
             e = tl.where((i == n_b) & (j == m_b), seed, e)
             tl.store(grad_ptr + cell, tl.where(valid, e, 0.0), mask=band)
         tl.debug_barrier()  # diagonal k is complete before k - 1 reads it
@@ -156,16 +159,17 @@ def _grid(batch: int, meta: dict):
     return lambda m: (triton.cdiv(batch, (meta or m)["BLOCK_B"]),)
 
 
-def _forward(cost: torch.Tensor, gamma: float, lengths_n: torch.Tensor, lengths_m: torch.Tensor):
-    """Values [B] float32 and the soft-min weights [3, B, N, M] float32."""
+def _forward(cost: torch.Tensor, gamma: float, lengths_n: torch.Tensor, lengths_m: torch.Tensor, save: bool = True):
+    """Values [B] float32 and the soft-min weights w_up, w_left [2, B, N, M] float32 (None when not `save`)."""
     b, n, m = cost.shape
     out = torch.empty(b, dtype=torch.float32, device=cost.device)
-    weights = torch.empty((3, b, n, m), dtype=torch.float32, device=cost.device)
+    weights = torch.empty((2, b, n, m) if save else (2, 1, 1, 1), dtype=torch.float32, device=cost.device)
     rbuf = torch.empty((b, 3, n + 2), dtype=torch.float32, device=cost.device)
-    kernel, meta = _launcher(_sdtw_fwd_kernel, "fwd", cost.device)
-    kernel[_grid(b, meta)](cost, lengths_n, lengths_m, out, weights[0], weights[1], weights[2], rbuf, b, n, m,
-                           cost.stride(0), cost.stride(1), cost.stride(2), float(gamma), 1.0 / float(gamma), **meta)
-    return out, weights
+    kernel, meta = _launcher(_sdtw_fwd_kernel, "fwd" if save else "fwd_nosave", cost.device)
+    kernel[_grid(b, meta)](cost, lengths_n, lengths_m, out, weights[0], weights[1], rbuf, b, n, m,
+                           cost.stride(0), cost.stride(1), cost.stride(2), float(gamma), 1.0 / float(gamma),
+                           SAVE=save, **meta)
+    return out, weights if save else None
 
 
 def _backward(weights: torch.Tensor, lengths_n: torch.Tensor, lengths_m: torch.Tensor, grad_out: torch.Tensor):
@@ -173,7 +177,7 @@ def _backward(weights: torch.Tensor, lengths_n: torch.Tensor, lengths_m: torch.T
     _, b, n, m = weights.shape
     grad = torch.empty((b, n, m), dtype=torch.float32, device=weights.device)
     kernel, meta = _launcher(_sdtw_bwd_kernel, "bwd", weights.device)
-    kernel[_grid(b, meta)](weights[0], weights[1], weights[2], lengths_n, lengths_m, grad_out.float().contiguous(),
+    kernel[_grid(b, meta)](weights[0], weights[1], lengths_n, lengths_m, grad_out.float().contiguous(),
                            grad, b, n, m, **meta)
     return grad
 
@@ -181,7 +185,7 @@ def _backward(weights: torch.Tensor, lengths_n: torch.Tensor, lengths_m: torch.T
 class _SoftDTWTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, gamma, lengths_n, lengths_m):
-        value, weights = _forward(cost, gamma, lengths_n, lengths_m)
+        value, weights = _forward(cost, gamma, lengths_n, lengths_m, save=ctx.needs_input_grad[0])
         ctx.save_for_backward(weights, lengths_n, lengths_m)
         ctx.dtype = cost.dtype
         return value.to(cost.dtype)
