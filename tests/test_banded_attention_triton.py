@@ -34,10 +34,10 @@ CASES = [
 ]
 
 
-def normalised_errors(shape, dtype, blocks, scale=None, device="cpu"):
+def normalised_errors(shape, dtype, blocks, scale=None, device="cpu", fuse_dq=False):
     q, k, v, do = shape_inputs(shape, dtype, device=device, seed=shape.K + shape.P)
     got = forward_backward(lambda a, b, c: banded_cross_attention_triton(a, b, c, shape.T, shape.window, scale,
-                                                                         blocks=blocks), q, k, v, do)
+                                                                         blocks=blocks, fuse_dq=fuse_dq), q, k, v, do)
     want = forward_backward(lambda a, b, c: banded_cross_attention_reference(a, b, c, shape.T, shape.window, scale),
                             q.float(), k.float(), v.float(), do.float())
     assert all(g.dtype == dtype for g in got)
@@ -45,26 +45,44 @@ def normalised_errors(shape, dtype, blocks, scale=None, device="cpu"):
     return {n: ((g.float() - w).abs().max() / w.abs().max()).item() for n, g, w in zip(names, got, want)}
 
 
+@pytest.mark.parametrize("fuse_dq", [False, True], ids=["dq_kernel", "fused_dq"])
 @pytest.mark.parametrize("shape,blocks", CASES)
-def test_forward_and_gradients_match_reference_fp32(shape, blocks):
-    errors = normalised_errors(shape, torch.float32, blocks)
+def test_forward_and_gradients_match_reference_fp32(shape, blocks, fuse_dq):
+    errors = normalised_errors(shape, torch.float32, blocks, fuse_dq=fuse_dq)
     assert max(errors.values()) < TOL[torch.float32], errors
 
 
+@pytest.mark.parametrize("fuse_dq", [False, True], ids=["dq_kernel", "fused_dq"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,blocks", [CASES[0], CASES[2], CASES[3]])
-def test_forward_and_gradients_match_reference_half(shape, blocks, dtype):
-    errors = normalised_errors(shape, dtype, blocks)
+def test_forward_and_gradients_match_reference_half(shape, blocks, dtype, fuse_dq):
+    errors = normalised_errors(shape, dtype, blocks, fuse_dq=fuse_dq)
     assert max(errors.values()) < TOL[dtype], errors
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with TRITON_INTERPRET=0)")
+@pytest.mark.parametrize("fuse_dq", [False, True], ids=["dq_kernel", "fused_dq"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape", [c[0] for c in CASES] + [Shape(2, 3, 64, 32, 196, 64, 2)])
-def test_compiled_kernels_on_cuda_match_reference(shape, dtype):
+def test_compiled_kernels_on_cuda_match_reference(shape, dtype, fuse_dq):
     """The compiled, autotuned kernels (blocks=None) on CUDA tensors; the last shape is the paper's at B=2, H=3."""
-    errors = normalised_errors(shape, dtype, None, device="cuda")
+    errors = normalised_errors(shape, dtype, None, device="cuda", fuse_dq=fuse_dq)
     assert max(errors.values()) < TOL[dtype], errors
+
+
+def test_fused_dq_only_when_both_dq_and_dkdv_are_needed():
+    """fuse_dq with only q needing a gradient falls back to the dq kernel (no dk/dv pass to fuse into); with only
+    k, v it computes no dq at all."""
+    shape = Shape(1, 2, 21, 7, 3, 32, 1)
+    q, k, v, do = shape_inputs(shape)
+    want = forward_backward(lambda a, b, c: banded_cross_attention_reference(a, b, c, 7, 1), q, k, v, do)
+    q_only = q.clone().requires_grad_()
+    banded_cross_attention_triton(q_only, k, v, 7, 1, blocks=(16, 16), fuse_dq=True).backward(do)
+    torch.testing.assert_close(q_only.grad, want[1], atol=1e-5, rtol=1e-5)
+    kv = [t.clone().requires_grad_() for t in (k, v)]
+    banded_cross_attention_triton(q, *kv, 7, 1, blocks=(16, 16), fuse_dq=True).backward(do)
+    torch.testing.assert_close([t.grad for t in kv], list(want[2:]), atol=1e-5, rtol=1e-5)
+    assert q.grad is None
 
 
 def test_default_tiles_custom_scale_and_public_dispatch():

@@ -114,15 +114,18 @@ def _delta_kernel(O, DO, DELTA, K, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK
 
 @triton.jit
 def _dkdv_kernel(
-    Q, Kp, V, DO, LSE, DELTA, DK, DV,
+    Q, Kp, V, DO, LSE, DELTA, DK, DV, DQ,
     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
     H, K, N, P, FRAMES, WINDOW, qk_scale, scale,
     BLOCK_D: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+    DOT_F32: tl.constexpr, PRECISION: tl.constexpr, FUSE_DQ: tl.constexpr,
 ):
     """One program = BLOCK_N keys of one (b, h); visits only the latent tiles whose band reaches these keys.
 
     Works in the transposed layout (keys x latents): dV = P^T dO, dK = scale * dS^T Q, dS = P o (dP - delta).
+    FUSE_DQ: also adds this key tile's share of dQ = scale * dS K into the fp32 buffer DQ [B*H, K, D] with atomics
+    (FlashAttention-2's choice), so no second pass re-reads K and V; the summation order, and so the last bits of
+    dQ, then vary from run to run.
     """
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
@@ -163,6 +166,10 @@ def _dkdv_kernel(
         dp_t = _dot(v, tl.trans(do), DOT_F32, PRECISION)
         ds_t = p_t * (dp_t - delta[None, :])
         dk += _dot(ds_t.to(q.dtype), q, DOT_F32, PRECISION)
+        if FUSE_DQ:
+            dq = _dot(tl.trans(ds_t.to(k.dtype)), k, DOT_F32, PRECISION) * scale  # [BLOCK_M, BLOCK_D]
+            tl.atomic_add(DQ + (bh.to(tl.int64) * K + offs_m)[:, None] * D + offs_d[None, :], dq, mask=q_mask,
+                          sem="relaxed")
     out = bh.to(tl.int64) * N * D + offs_n[:, None] * D + offs_d[None, :]
     tl.store(DK + out, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
@@ -229,13 +236,15 @@ _tuned: dict = {}
 
 def _kernel(name: str, blocks: tuple[int, int] | None):
     """The kernel to launch: autotuned on CUDA when no tile is forced, the plain jit function otherwise."""
-    raw = {"fwd": _fwd_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}[name]
+    raw = {"fwd": _fwd_kernel, "dkdv": _dkdv_kernel, "dkdv_dq": _dkdv_kernel, "dq": _dq_kernel}[name]
     if blocks is not None or INTERPRET:
         return raw, dict(zip(("BLOCK_M", "BLOCK_N"), blocks or DEFAULT_BLOCKS))
     if name not in _tuned:
         # Latent tiles stay small: a tile's band union grows with BLOCK_M, and K is small (tens of latents).
-        space = _configs((16, 32), (64, 128)) if name != "dkdv" else _configs((16, 32, 64), (32, 64, 128))
-        _tuned[name] = triton.autotune(configs=space, key=_TUNE_KEY)(raw)
+        space = _configs((16, 32), (64, 128)) if not name.startswith("dkdv") else _configs((16, 32, 64), (32, 64, 128))
+        # the fused dq buffer is accumulated into: every timing run of the autotuner must start from zeros
+        reset = {"reset_to_zero": ["DQ"]} if name == "dkdv_dq" else {}
+        _tuned[name] = triton.autotune(configs=space, key=_TUNE_KEY, **reset)(raw)
     return _tuned[name], {}
 
 
@@ -272,26 +281,31 @@ def _forward(q, k, v, frames, window, scale, blocks):
     return o, lse
 
 
-def _backward(do, q, k, v, o, lse, frames, window, scale, blocks, need_dq=True, need_dkdv=True):
+def _backward(do, q, k, v, o, lse, frames, window, scale, blocks, need_dq=True, need_dkdv=True, fuse_dq=False):
     """Gradients (dq [B,H,K,D], dk, dv [B,H,N,D]) by recomputing P from the saved base-2 logsumexp.
 
-    A gradient that is not needed is returned as None and its kernel is skipped."""
+    A gradient that is not needed is returned as None and its kernel is skipped. fuse_dq: dq is accumulated by the
+    dk/dv kernel (atomics into an fp32 buffer) instead of a dq kernel that reads K and V a second time."""
     B, H, K, D = q.shape
     N = k.shape[2]
     do = do.contiguous()
     block_d = max(16, triton.next_power_of_2(D))
     delta = torch.empty((B, H, K), device=q.device, dtype=torch.float32)
     _delta_kernel[(triton.cdiv(K, 16), B * H)](o, do, delta, K, D=D, BLOCK_D=block_d, BLOCK_M=16)
-    dq = torch.empty((B, H, K, D), device=q.device, dtype=q.dtype)
+    fuse_dq = fuse_dq and need_dq and need_dkdv
+    dq = torch.zeros((B, H, K, D), device=q.device, dtype=torch.float32) if fuse_dq else \
+        torch.empty((B, H, K, D), device=q.device, dtype=q.dtype)
     dk = torch.empty((B, H, N, D), device=q.device, dtype=k.dtype)
     dv = torch.empty((B, H, N, D), device=q.device, dtype=v.dtype)
     common = (*_strides(q, k, v), H, K, N, N // frames, frames, window, scale * LOG2E, scale)
     meta = dict(BLOCK_D=block_d, D=D, **_dot_args(q.dtype))
     if need_dkdv:
-        kernel, tiles = _kernel("dkdv", blocks)
-        kernel[lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv, *common, **tiles,
-                                                                 **meta)
-    if need_dq:
+        kernel, tiles = _kernel("dkdv_dq" if fuse_dq else "dkdv", blocks)
+        kernel[lambda m: (triton.cdiv(N, m["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv, dq, *common,
+                                                                 FUSE_DQ=fuse_dq, **tiles, **meta)
+    if fuse_dq:
+        dq = dq.to(q.dtype)
+    elif need_dq:
         kernel, tiles = _kernel("dq", blocks)
         kernel[lambda m: (triton.cdiv(K, m["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq, *common, **tiles,
                                                                  **meta)
@@ -302,11 +316,12 @@ class BandedCrossAttention(torch.autograd.Function):
     """Autograd wrapper: saves q, k, v, o and the logsumexp; backward recomputes the probabilities."""
 
     @staticmethod
-    def forward(ctx, q, k, v, frames, window, scale, blocks):
+    def forward(ctx, q, k, v, frames, window, scale, blocks, fuse_dq):
         q, k, v = (_unit_last_stride(t) for t in (q, k, v))
         o, lse = _forward(q, k, v, frames, window, scale, blocks)
         ctx.save_for_backward(q, k, v, o, lse)
         ctx.args = (frames, window, scale, blocks)
+        ctx.fuse_dq = fuse_dq
         return o
 
     @staticmethod
@@ -314,8 +329,9 @@ class BandedCrossAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        dq, dk, dv = _backward(do, q, k, v, o, lse, *ctx.args, need_dq=need_q, need_dkdv=need_k or need_v)
-        return dq, dk, dv, None, None, None, None
+        dq, dk, dv = _backward(do, q, k, v, o, lse, *ctx.args, need_dq=need_q, need_dkdv=need_k or need_v,
+                               fuse_dq=ctx.fuse_dq)
+        return dq, dk, dv, None, None, None, None, None
 
 
 def banded_cross_attention_triton(
@@ -326,6 +342,7 @@ def banded_cross_attention_triton(
     window: int,
     scale: float | None = None,
     blocks: tuple[int, int] | None = None,
+    fuse_dq: bool = False,
 ) -> torch.Tensor:
     """Triton banded cross-attention, differentiable in q, k, v.
 
@@ -335,6 +352,9 @@ def banded_cross_attention_triton(
         scale: softmax scale, default D**-0.5.
         blocks: (BLOCK_M latents, BLOCK_N keys) per tile, each >= 16 and a power of two; None = autotune on CUDA,
             DEFAULT_BLOCKS in the interpreter. Tests force small tiles to cover partial and multiple tiles.
+        fuse_dq: compute dq inside the dk/dv kernel with fp32 atomics (one read of K and V in the backward instead
+            of two; dq's last bits then depend on the order the atomics land). Off by default until it is timed
+            on a GPU against the two-kernel backward (`python jobs/benchmark.py kernels` runs both).
     Returns:
         [B,H,K,D] in q's dtype; fp32 accumulation for every dtype.
     """
@@ -346,4 +366,4 @@ def banded_cross_attention_triton(
     if q.numel() == 0:  # nothing to launch (B*H == 0 or D == 0); the reference handles empty shapes
         return banded_cross_attention_reference(q, k, v, frames, window, scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    return BandedCrossAttention.apply(q, k, v, int(frames), int(window), scale, blocks)
+    return BandedCrossAttention.apply(q, k, v, int(frames), int(window), scale, blocks, bool(fuse_dq))
