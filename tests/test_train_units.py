@@ -21,7 +21,7 @@ from instraction.train import tracking
 from instraction.train.batches import BatchStream, to_device
 from instraction.train.engine import CONFIG_DIR, build_engine, deepspeed_config, floating_dtype, is_plain, param_groups
 from instraction.train.launch import cpus_needed, data_accounting, flat_accounting, storage, storage_filesystem
-from instraction.train.schedule import WarmupCosine, build_scheduler
+from instraction.train.schedule import WarmupCosine, build_scheduler, restore_position
 
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -55,9 +55,27 @@ def test_scheduler_state_round_trips():
     state = sched.state_dict()
     opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
     sched2 = build_scheduler(opt2, 2, 10, 0.0)
-    sched2.load_state_dict(state)
+    restore_position(sched2, state)
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(WarmupCosine(2, 10, 0.0)(5))
     sched.step(), sched2.step()
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(WarmupCosine(2, 10, 0.0)(6))
+
+
+def test_resume_with_more_steps_or_another_lr_follows_the_new_schedule():
+    """A run extended from 10 to 100 steps (and given lr 2) continues on the new cosine, not the old one's floor."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=1.0)
+    sched = build_scheduler(opt, 2, 10, 0.05)
+    for _ in range(10):
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)  # finished: at the floor
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=2.0)
+    sched2 = build_scheduler(opt2, 2, 100, 0.05)  # the loop's order: scheduler, then the checkpoint is loaded
+    opt2.load_state_dict(opt.state_dict())  # what DeepSpeed's optimizer load does: the old rates come back
+    restore_position(sched2, sched.state_dict())
+    assert sched2.last_epoch == 10 and sched2.lr_lambdas[0].total_steps == 100
+    assert opt2.param_groups[0]["lr"] == pytest.approx(2.0 * WarmupCosine(2, 100, 0.05)(10))
+    sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(2.0 * WarmupCosine(2, 100, 0.05)(11)) and sched2.get_last_lr()
 
 
 # ------------------------------------------------------------------------------------------------ engine config

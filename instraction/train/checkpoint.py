@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from instraction.train.schedule import restore_position
+
 log = logging.getLogger(__name__)
 
 STATE_TAG = "state"
@@ -95,7 +97,7 @@ def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -
                                                 load_lr_scheduler_states=False)
     if path is None:
         raise FileNotFoundError(f"no DeepSpeed state under {directory}/{STATE_TAG}")
-    scheduler.load_state_dict(client_state["scheduler"])
+    restore_position(scheduler, client_state["scheduler"])  # the step; the schedule is this run's config
     own = worker_file(directory, rank)
     same_world = client_state.get("world_size") == world_size and own.exists()
     if not same_world:

@@ -37,3 +37,19 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_s
                     min_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
     """A ``LambdaLR`` over :class:`WarmupCosine`; step it once per training step (skipped steps included)."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, min_ratio))
+
+
+def restore_position(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict) -> None:
+    """Move a scheduler built from this run's config to the step a checkpoint's ``state_dict()`` was taken at.
+
+    Only the step comes from the checkpoint: the schedule itself (peak lr, warmup, total steps, floor) is this run's.
+    ``LambdaLR.load_state_dict`` would also restore the saved ``WarmupCosine`` attributes and base rates, so a run
+    resumed with a larger ``max_steps`` (or another lr) would keep the old schedule - at its floor, past the old end.
+    The optimizer's rates are set for the restored step, as ``step()`` would have left them.
+    """
+    scheduler.last_epoch = int(state["last_epoch"])
+    scheduler._step_count = int(state.get("_step_count", scheduler.last_epoch + 1))
+    rates = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, base, rate in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, rates):
+        group["lr"], group["initial_lr"] = rate, base
+    scheduler._last_lr = rates
