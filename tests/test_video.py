@@ -179,12 +179,20 @@ def test_undecodable_bytes_raise_value_error(decoder, long_clip, tmp_path):
 
 @pytest.mark.parametrize("decoder", DECODERS, ids=lambda f: f.__name__)
 def test_bad_windows_and_arguments(decoder, long_clip):
+    """The 6 s clip: windows that start at or after its end, end more than a frame past it (also when only the
+    last sampled times lie past it), are empty, negative or not finite all raise; a window ending within one
+    frame (1/8 s) of the end is the container's rounding and decodes."""
+    nan, inf = float("nan"), float("inf")
     for kwargs in [dict(start=10.0, end=12.0), dict(start=3.0, end=3.0), dict(start=-1.0, end=1.0),
-                   dict(start=2.0, end=9.0)]:
+                   dict(start=2.0, end=9.0), dict(start=5.9, end=8.0), dict(start=4.0, end=12.0),
+                   dict(start=5.9, end=6.5), dict(start=6.0, end=6.1), dict(start=nan, end=3.0),
+                   dict(start=1.0, end=nan), dict(start=1.0, end=inf), dict(end=nan)]:
         with pytest.raises(ValueError):
-            decoder(long_clip, 4, 32, **kwargs)
+            decoder(long_clip, 16, 32, **kwargs)
+            pytest.fail(f"{kwargs} decoded without error")
     with pytest.raises(ValueError):
         decoder(long_clip, 0, 32)
+    assert decoder(long_clip, 4, 32, start=5.0, end=6.1).shape == (4, 32, 32, 3)
 
 
 @pytest.mark.skipif(len(DECODERS) < 2, reason="decord not installed")

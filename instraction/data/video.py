@@ -22,6 +22,7 @@ centre-cropped, by libswscale.
 from __future__ import annotations
 
 import io
+import math
 from typing import Optional
 
 import numpy as np
@@ -44,6 +45,9 @@ def pick_frames(frame_starts: np.ndarray, times: np.ndarray) -> np.ndarray:
 def _check_args(num_frames: int, size: int, start: Optional[float], end: Optional[float]) -> None:
     if int(num_frames) < 1 or int(size) < 1:
         raise ValueError(f"num_frames and size must be >= 1, got {num_frames}, {size}")
+    for name, value in (("start", start), ("end", end)):
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number of seconds, got {value}")
     if start is not None and start < 0:
         raise ValueError(f"start must be >= 0 seconds, got {start}")
     if start is not None and end is not None and end <= start:
@@ -106,11 +110,13 @@ def decode_frames(data: bytes, num_frames: int, size: int, start: Optional[float
                 container.seek(0, stream=stream)
             if start is not None and start > 0:
                 container.seek(int(start / stream.time_base), stream=stream, backward=True, any_frame=False)
-                out = _sample_stream(container.decode(stream), start, hi, num_frames, size, after_seek=True)
+                out = _sample_stream(container.decode(stream), start, hi, num_frames, size, after_seek=True,
+                                     strict_end=end is not None)
                 if out is not None:
                     return out
                 container.seek(0, stream=stream)  # the seek landed past start (odd index): decode from the start
-            out = _sample_stream(container.decode(stream), start, hi, num_frames, size, after_seek=False)
+            out = _sample_stream(container.decode(stream), start, hi, num_frames, size, after_seek=False,
+                                 strict_end=end is not None)
             assert out is not None
             return out
     except av.FFmpegError as err:
@@ -145,9 +151,13 @@ def _scan_end(frames) -> float:
 
 
 def _sample_stream(frames, start: Optional[float], hi: float, num_frames: int, size: int,
-                   after_seek: bool) -> Optional[np.ndarray]:
+                   after_seek: bool, strict_end: bool = True) -> Optional[np.ndarray]:
     """Pick the sampled frames while decoding, holding one undecided frame at a time (memory stays flat on long
-    videos). Returns None when ``after_seek`` and the first frame lies past ``start`` (the seek overshot)."""
+    videos). Returns None when ``after_seek`` and the first frame lies past ``start`` (the seek overshot).
+
+    A window that reaches past the decoded frames raises (as decord's path does): one that starts at or after
+    their end, or, with ``strict_end`` (the caller gave ``end``), one whose end lies more than a frame past them;
+    without it (``hi`` is the container's declared end) the last sampled time may lie two frames past them."""
     from av.video.reformatter import VideoReformatter
 
     reformatter = VideoReformatter()
@@ -175,11 +185,13 @@ def _sample_stream(frames, start: Optional[float], hi: float, num_frames: int, s
     if prev is None:
         raise ValueError("no frame could be decoded" if start is None else f"no frame at or after start={start}s")
     last_t, last_dur, last = prev
-    # the last frame lasts its duration; allow a frame of slack for containers that round their duration
-    slack = 2 * (last_dur or step or 0.0) + _TOLERANCE
-    if targets[j] >= last_t + slack:
-        raise ValueError(f"window up to {hi:.3f}s lies past the decoded video (frames end near "
-                         f"{last_t + (last_dur or 0):.3f}s): truncated video or window past the end")
+    frame_len = last_dur or step or 0.0
+    video_end = last_t + frame_len  # the last frame lasts its duration
+    # containers round their duration: a frame of slack on the window's end, two on a sampled time
+    past = hi > video_end + frame_len + _TOLERANCE if strict_end else targets[-1] >= last_t + 2 * frame_len + _TOLERANCE
+    if past or (start is not None and start >= video_end):
+        raise ValueError(f"window [{start or 0.0:.3f}, {hi:.3f}) s lies past the decoded video "
+                         f"(frames end near {video_end:.3f}s): truncated video or window past the end")
     out[j:] = _to_rgb(last, size, reformatter)
     return out
 
