@@ -6,11 +6,15 @@ every kind of bad input counted with its reason, credentials never in a message.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import shutil
+import tarfile
 from collections import defaultdict
 
+import pyarrow as pa
 import pytest
 
 import datagen
@@ -188,3 +192,78 @@ def test_garbage_and_empty_files_are_corrupt_not_crashes(tmp_path):
     reasons = [r["error"] for r in read_all(str(tmp_path))]
     assert reasons == ["corrupt_tar", "corrupt_tar"]
     shutil.rmtree(tmp_path)
+
+
+def _edit_json(sample: dict, **changes) -> dict:
+    meta = json.loads(sample["json"])
+    meta.update(changes)
+    return {**sample, "json": json.dumps(meta).encode()}
+
+
+def test_every_duplicate_gets_its_own_row_and_whole_video_clips_cannot_shadow_a_sample(tmp_path):
+    """Three copies of k1: two distinct duplicate rows; a real sample "w_000" and a whole video "w" whose first
+    clip would also be "w_000": the later of the two is the duplicate (one row), nothing is joined twice."""
+    mp4 = datagen.ramp_mp4()
+    a = datagen.clip_sample("k1", "v", "stir the sauce", ["stir sauce"], mp4)
+    clash = datagen.clip_sample("w_000", "v", "stir the sauce", ["stir sauce"], mp4)
+    whole = datagen.whole_video_sample("w", "v2", [{"start": 0.0, "end": 1.0, "text": "crack the egg"},
+                                                    {"start": 1.0, "end": 2.0, "text": "whisk the egg"}], mp4)
+    path = datagen.write_tar(str(tmp_path / "00000.tar"), [a, a, a, clash, whole])
+    rows = [(r["key"], r["error"]) for r in shards.iter_clips(path)]
+    assert rows == [("k1", None), ("k1#duplicate", "duplicate_key"), ("k1#duplicate2", "duplicate_key"),
+                    ("w_000", None), ("w#duplicate", "duplicate_key")]
+    assert len({k for k, _ in rows}) == len(rows)
+
+
+def test_bad_times_text_and_truth_are_counted_per_sample_and_the_shard_goes_on(tmp_path):
+    mp4 = datagen.ramp_mp4()
+    good = datagen.clip_sample("a", "v", "stir the sauce", ["stir sauce"], mp4)
+    samples = {
+        "nan_start": _edit_json(good, start=float("nan")),
+        "neg_start": _edit_json(good, start=-3.0),
+        "inf_end": _edit_json(good, end=float("inf")),
+        "surrogate": {**good, "json": good["json"].replace(b'"caption": "stir the sauce"',
+                                                           b'"caption": "stir \\ud800 sauce"')},
+        "bad_truth_whole": datagen.whole_video_sample("x", "v", [
+            {"start": 0.0, "end": 1.0, "text": "crack the egg"}, {"start": 1.0, "end": 2.0, "text": "whisk it"}], mp4),
+        "_Xy12abcDEF": good,  # a YouTube id may start with "_"
+        "z_last": good,
+    }
+    meta = json.loads(samples["bad_truth_whole"]["json"])
+    meta["synthkitchen"] = {"actions": ["crack egg"], "spans": [[0, "x"]]}
+    samples["bad_truth_whole"] = {**samples["bad_truth_whole"], "json": json.dumps(meta).encode()}
+    path = datagen.write_tar(str(tmp_path / "00000.tar"),
+                             [{**s, "__key__": k} for k, s in samples.items()])
+    rows = {r["key"]: r for r in shards.iter_clips(path)}
+    assert {k: r["error"] for k, r in rows.items()} == {
+        "nan_start": "bad_json", "neg_start": "bad_json", "inf_end": "bad_json", "surrogate": "bad_caption",
+        "bad_truth_whole": "bad_json", "_Xy12abcDEF": None, "z_last": None}
+    assert "not valid Unicode" in rows["surrogate"]["detail"]
+    pa.Table.from_pylist(list(rows.values()))  # every string is valid UTF-8 (a lone surrogate would raise here)
+
+
+def test_member_names_that_are_not_utf8_become_valid_keys(tmp_path):
+    mp4 = datagen.ramp_mp4()
+    sample = datagen.clip_sample("k", "v", "stir the sauce", ["stir sauce"], mp4)
+    path = tmp_path / "00000.tar"
+    raw_key = b"caf\xe9".decode("utf-8", "surrogateescape")  # latin-1 bytes in a name
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tar:
+        for ext in ("mp4", "json", "txt"):
+            info = tarfile.TarInfo(f"{raw_key}.{ext}")
+            info.size = len(sample[ext])
+            tar.addfile(info, io.BytesIO(sample[ext]))
+    rows = list(shards.iter_clips(str(path)))
+    assert [(r["key"], r["error"]) for r in rows] == [("caf\\xe9", None)]
+    pa.Table.from_pylist(rows)
+
+
+@pytest.mark.parametrize("bad", [{"actions": 5}, {"actions": "crack egg"}, {"instructional": "false"},
+                                 {"spans": [[0, "x"]]}, {"verbs": [1]}])
+def test_malformed_ground_truth_of_a_clip_is_bad_json(tmp_path, bad):
+    mp4 = datagen.ramp_mp4()
+    good = datagen.clip_sample("a", "v", "stir the sauce", ["stir sauce"], mp4)
+    meta = json.loads(good["json"])
+    meta["synthkitchen"].update(bad)
+    path = datagen.write_tar(str(tmp_path / "00000.tar"), [{**good, "json": json.dumps(meta).encode()},
+                                                           {**good, "__key__": "b"}])
+    assert [(r["key"], r["error"]) for r in shards.iter_clips(path)] == [("a", "bad_json"), ("b", None)]

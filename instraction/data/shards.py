@@ -13,8 +13,13 @@ Bad input never raises out of :func:`iter_clips`: it becomes a row whose ``error
 loss is counted. Reasons: ``unreadable_shard`` (cannot open; key ``<shard>#unreadable``), ``corrupt_tar``
 (truncated or garbage tar; key ``<shard>#corrupt_tar``, emitted after the good samples read before the break;
 ``video_key`` names the sample that was being read), ``missing_mp4``, ``empty_video``, ``missing_json``,
-``bad_json``, ``bad_caption`` (empty or non-UTF-8) and ``duplicate_key``. Sample-level errors give one row
-keyed by the sample key; an empty caption in one segment of a whole video drops that clip only.
+``bad_json`` (also: times that are not finite, non-negative seconds; a malformed ``synthkitchen`` ground truth),
+``bad_caption`` (empty, non-UTF-8 bytes, or text that is not valid Unicode, e.g. a lone surrogate from a ``\ud800``
+escape) and ``duplicate_key`` (a key seen before in the shard, as a sample or as a whole video's clip: keyed
+``<key>#duplicate``, ``<key>#duplicate2``, ...). Sample-level errors give one row keyed by the sample key; an
+empty caption in one segment of a whole video drops that clip only; anything else a sample raises becomes one
+``bad_sample`` row, and the rest of the shard is still read. Member names that are not UTF-8 are read with
+backslash escapes.
 
 Credentials come from the standard AWS chain (env, profile, instance role) and never enter a message: every
 error text passes through :func:`redact`.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import tarfile
@@ -170,7 +176,7 @@ def _pax_path(buf: bytes) -> Optional[str]:
         record = buf[space + 1 : pos + length - 1]
         name, _, value = record.partition(b"=")
         if name == b"path":
-            return value.decode("utf-8", "surrogateescape")
+            return value.decode("utf-8", "backslashreplace")
         pos += length
     return None
 
@@ -189,7 +195,7 @@ def _iter_members(f, with_data) -> Iterator[tuple[str, int, Optional[bytes]]]:
         if len(block) == 0:
             raise _CorruptTar("archive ends without its end-of-archive block (truncated)")
         try:
-            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "backslashreplace")  # keys must be valid UTF-8
         except tarfile.EOFHeaderError:
             return  # the zero block that closes a well-formed archive
         except tarfile.HeaderError as err:
@@ -200,7 +206,7 @@ def _iter_members(f, with_data) -> Iterator[tuple[str, int, Optional[bytes]]]:
             if len(buf) < padded:
                 raise _CorruptTar("truncated long-name header")
             raw = buf[: info.size]
-            long_name = raw.rstrip(b"\0").decode("utf-8", "surrogateescape") if info.type == tarfile.GNUTYPE_LONGNAME \
+            long_name = raw.rstrip(b"\0").decode("utf-8", "backslashreplace") if info.type == tarfile.GNUTYPE_LONGNAME \
                 else _pax_path(raw) or long_name
             continue
         name, long_name = long_name or info.name, None
@@ -238,9 +244,37 @@ def _row(shard: str, key: str, video_key: str, error: Optional[str] = None, deta
 def _seconds(value: Any) -> Optional[float]:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"not a number of seconds: {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"not a finite, non-negative number of seconds: {value!r}")
     return float(value)
+
+
+def _unicode(text: str, what: str) -> str:
+    """``text`` when it encodes as UTF-8 (json's ``\ud800`` escapes give lone surrogates, which Arrow refuses)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} is not valid Unicode: {err.reason} at {err.start}") from None
+    return text
+
+
+def _checked_truth(truth: dict) -> dict:
+    """``truth`` if its fields have the types SynthKitchen writes (actions/verbs: lists of str, instructional: bool,
+    spans: [start, end] number pairs, object: str); ValueError otherwise."""
+    for field in ("actions", "verbs"):
+        value = truth.get(field, [])
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise ValueError(f"synthkitchen.{field} is not a list of strings: {str(value)[:80]}")
+    spans = truth.get("spans", [])
+    if not isinstance(spans, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in p) for p in spans):
+        raise ValueError(f"synthkitchen.spans is not a list of [start, end] pairs: {str(spans)[:80]}")
+    if not isinstance(truth.get("instructional", True), bool):
+        raise ValueError(f"synthkitchen.instructional is not a boolean: {truth['instructional']!r}")
+    if not isinstance(truth.get("object", ""), (str, type(None))):
+        raise ValueError(f"synthkitchen.object is not a string: {truth['object']!r}")
+    return truth
 
 
 def _segment_truth(truth: Optional[dict], segment: dict, start: Optional[float], end: Optional[float],
@@ -248,9 +282,10 @@ def _segment_truth(truth: Optional[dict], segment: dict, start: Optional[float],
     """Ground truth of one clip as a json string: the segment's own ``synthkitchen`` when it has one; for a whole
     video, the top-level actions whose span midpoint lies in the window; for a pre-cut clip, the top level."""
     if isinstance(segment.get("synthkitchen"), dict):
-        return json.dumps(segment["synthkitchen"])
+        return json.dumps(_checked_truth(segment["synthkitchen"]))
     if not isinstance(truth, dict):
         return None
+    _checked_truth(truth)
     if not whole_video:
         return json.dumps(truth)
     spans = truth.get("spans") or []
@@ -293,8 +328,9 @@ def sample_rows(shard: str, key: str, parts: dict[str, Any], with_video: bool) -
             if start is not None and end is not None and end <= start:
                 raise ValueError(f"empty window [{start}, {end})")
             windows.append((seg, start, end))
-        video_id = str(meta.get("video_id") or key)
-    except (UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        video_id = _unicode(str(meta.get("video_id") or key), "video_id")
+        truths = [_segment_truth(meta.get("synthkitchen"), seg, start, end, whole) for seg, start, end in windows]
+    except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError) as err:
         return [_row(shard, key, key, "bad_json", f"{type(err).__name__}: {err}", **extra)]
     text = None
     if "txt" in parts:
@@ -302,21 +338,31 @@ def sample_rows(shard: str, key: str, parts: dict[str, Any], with_video: bool) -
             text = parts["txt"].decode("utf-8")
         except UnicodeDecodeError as err:
             return [_row(shard, key, key, "bad_caption", f"txt is not UTF-8: {err}", video_id=video_id, **extra)]
-    truth = meta.get("synthkitchen")
     rows = []
-    for i, (seg, start, end) in enumerate(windows):
+    for i, ((seg, start, end), truth) in enumerate(zip(windows, truths)):
         clip_key = f"{key}_{i:03d}" if whole else key
         caption = seg.get("text") if whole else (meta.get("caption") or seg.get("text") or text)
-        if not isinstance(caption, str) or not caption.strip():
-            rows.append(_row(shard, clip_key, key, "bad_caption", "empty caption", video_id=video_id,
+        problem = "empty caption" if not isinstance(caption, str) or not caption.strip() else None
+        if problem is None:
+            try:
+                _unicode(caption, "caption")
+            except ValueError as err:
+                problem = str(err)
+        if problem is not None:
+            rows.append(_row(shard, clip_key, key, "bad_caption", problem, video_id=video_id,
                              start=start, end=end, **extra))
             continue
         row = _row(shard, clip_key, key, video_id=video_id, start=start, end=end, caption=caption.strip(),
-                   truth=_segment_truth(truth, seg, start, end, whole))
+                   truth=truth)
         if with_video:
             row["mp4"] = video  # one bytes object shared by all clips of a whole video
         rows.append(row)
     return rows
+
+
+def duplicate_key(key: str, n: int) -> str:
+    """Row key of the n-th (1-based) duplicate of ``key`` in a shard: ``key#duplicate``, ``key#duplicate2``, ..."""
+    return f"{key}#duplicate" if n == 1 else f"{key}#duplicate{n}"
 
 
 def iter_clips(shard_uri: str, s3: Optional[S3Config] = None, with_video: bool = False) -> Iterator[dict]:
@@ -336,24 +382,38 @@ def iter_clips(shard_uri: str, s3: Optional[S3Config] = None, with_video: bool =
         yield _row(shard, f"{shard}#unreadable", None, "unreadable_shard", detail)
         return
     want = (lambda name: True) if with_video else (lambda name: split_member(name)[1] not in VIDEO_EXTS)
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # row key -> times seen
     key, parts = None, {}
 
     def flush():
         if key is None:
             return []
-        if key in seen:
-            return [_row(shard, f"{key}#duplicate", key, "duplicate_key", "key appears twice in the shard")]
-        seen.add(key)
-        return sample_rows(shard, key, parts, with_video)
+        if key in seen:  # the sample's key, or a whole video's clip key: the later sample is the duplicate
+            seen[key] += 1
+            return [_row(shard, duplicate_key(key, seen[key] - 1), key, "duplicate_key",
+                         "key appears more than once in the shard")]
+        try:
+            rows = sample_rows(shard, key, parts, with_video)
+        except Exception as err:  # a shape of bad input sample_rows does not foresee: this sample only
+            rows = [_row(shard, key, key, "bad_sample", f"{type(err).__name__}: {err}",
+                         **({"mp4": None} if with_video else {}))]
+        clash = [r["key"] for r in rows if r["key"] in seen]
+        if clash:
+            seen[key] = seen.get(key, 0) + 1
+            return [_row(shard, duplicate_key(key, seen[key]), key, "duplicate_key",
+                         f"its clip keys {clash[:3]} were already used in the shard")]
+        seen.update((r["key"], 1) for r in rows)
+        seen.setdefault(key, 1)
+        return rows
 
     try:
         with f:
             for name, size, data in _iter_members(f, want):
                 member_key, ext = split_member(name)
-                if not ext or member_key.rsplit("/", 1)[-1].startswith(("_", ".")):
-                    continue  # webdataset metadata (__key__...) and dotfiles are not sample members
-                if member_key != key:
+                base = member_key.rsplit("/", 1)[-1]
+                if not ext or base.startswith(".") or (base.startswith("__") and base.endswith("__")):
+                    continue  # dotfiles and webdataset-style metadata (__index__.json) are not sample members
+                if member_key != key or ext in parts:  # a repeated member: the same key again right after itself
                     yield from flush()
                     key, parts = member_key, {}
                 parts[ext] = data if data is not None else size
