@@ -272,3 +272,46 @@ def test_synthkitchen_shards_flow_through_with_every_clip_accounted(ray_local, t
     assert any("_" in k for k in keys)  # clips cut from whole videos
     assert report["clips_read"] == report["delivered"] + report["dropped_total"] + report["excluded_by_split"]
     assert set(report["dropped"]) <= {"dropped:not_instructional"}
+
+
+class _EndIsPad:
+    """A word tokenizer whose end token is the pad id, as in HF CLIP (<|endoftext|> pads too): its mask cannot be
+    recovered from ``ids != pad``."""
+
+    def __init__(self):
+        from instraction.data.tokenizer import WordTokenizer
+
+        self.inner = WordTokenizer()
+        self.pad_id = self.inner.pad_id
+
+    def __call__(self, texts, max_len):
+        ids, mask = self.inner(texts, max_len)
+        ids = torch.where(ids == self.inner.eos_id, torch.full_like(ids, self.pad_id), ids)
+        return ids, mask
+
+    def mask_words(self, texts, words, max_len):
+        return self.inner.mask_words(texts, words, max_len)
+
+
+def test_negatives_keep_the_tokenizers_mask_when_the_end_token_is_the_pad_id():
+    """Captions and hard negatives must end alike (the text tower pools at the last real token): the negatives'
+    token mask is the tokenizer's, carried through the decode stage and the collate."""
+    cfg = load_config(None, ["data.hard_negatives=both"])
+    decode = pipeline.DecodeClips.__new__(pipeline.DecodeClips)
+    decode.data, decode.seed, decode.accounting, decode.tokenizer = cfg.data, 0, None, _EndIsPad()
+    clip = {"key": "k", "caption": "crack the egg then whisk the egg", "actions": ["crack egg", "whisk egg"],
+            "verb_altered": ["stir the egg then whisk the egg"], "order_swapped": ["whisk the egg then crack the egg"]}
+    rows = decode.tokenise([clip])
+    L = cfg.data.max_text_len
+    n_real = int(rows["neg_mask"][0].sum())
+    assert n_real == 2
+    for j in range(n_real):
+        text = [clip["verb_altered"][0], clip["order_swapped"][0]]
+        want = decode.tokenizer(text, L)[1].numpy()
+        assert rows["neg_token_mask"][0, j].tolist() in [w.tolist() for w in want]
+        assert rows["neg_token_mask"][0, j].sum() > (rows["neg_ids"][0, j] != 0).sum()  # the end token is kept
+    rows["video"] = np.zeros((1, cfg.data.num_frames, 4, 4, 3), np.uint8)
+    batch = examples.collate({k: v for k, v in rows.items()}, cfg.data)
+    assert torch.equal(batch["neg_token_mask"][0, :n_real], torch.from_numpy(rows["neg_token_mask"][0, :n_real]))
+    assert not batch["neg_token_mask"][0, n_real:].any()
+    assert batch["text_mask"][0].sum() == (batch["text_ids"][0] != 0).sum() + 1  # the caption's end token, likewise

@@ -8,9 +8,10 @@
 
 Batch contract (B rows): ``video`` float32 [B,T,3,H,W] normalised with data.mean/std; ``text_ids`` long [B,L],
 ``text_mask`` bool [B,L]; ``neg_ids`` long [B,Nn,L], ``neg_mask`` bool [B,Nn] (real negatives; padding rows are
-all pad), ``neg_token_mask`` bool [B,Nn,L] (extra: token mask of the negatives); ``verb_ids`` long [B,M,Lv],
-``verb_mask`` bool [B,M,Lv], ``verb_count`` long [B]; ``mam_ids`` long [B,L], ``mam_labels`` long [B,L]
-(-100 except masked action tokens); optional ``key`` list[str].
+all pad), ``neg_token_mask`` bool [B,Nn,L] (extra, when the rows carry it: the tokenizer's token mask of the
+negatives, which keeps CLIP's end token although it is also the pad id); ``verb_ids`` long [B,M,Lv], ``verb_mask``
+bool [B,M,Lv], ``verb_count`` long [B]; ``mam_ids`` long [B,L], ``mam_labels`` long [B,L] (-100 except masked
+action tokens); optional ``key`` list[str].
 """
 
 from __future__ import annotations
@@ -70,21 +71,13 @@ def collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], data: DataCo
         out[name] = torch.from_numpy(np.array(cols[name], dtype=np.int64))
     for name in _BOOL:
         out[name] = torch.from_numpy(np.array(cols[name], dtype=bool))
-    out["neg_token_mask"] = (out["neg_ids"] != _pad_id(data)) & out["neg_mask"].unsqueeze(-1)
+    if "neg_token_mask" in cols:  # the tokenizer's mask (decode stage): keeps CLIP's end token, which is also pad
+        token = torch.from_numpy(np.array(cols["neg_token_mask"], dtype=bool))
+        out["neg_token_mask"] = token & out["neg_mask"].unsqueeze(-1)
+    # without it the model derives the mask from the padding (model.instraction.negative_masks)
     if include_keys and "key" in cols:
         out["key"] = [str(k) for k in cols["key"]]
     return out
-
-
-def _pad_id(data: DataConfig) -> int:
-    from instraction.data.tokenizer import build_tokenizer
-
-    if data.tokenizer not in _PAD_IDS:
-        _PAD_IDS[data.tokenizer] = int(build_tokenizer(data.tokenizer).pad_id)
-    return _PAD_IDS[data.tokenizer]
-
-
-_PAD_IDS: dict[str, int] = {}
 
 
 try:  # Ray >= 2.47 wants a callable class for custom collation (run in its prefetch threads).

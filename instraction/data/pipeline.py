@@ -335,12 +335,13 @@ class DecodeClips:
                                random.Random(zlib.crc32(f"{self.seed}:{c['key']}".encode()))) for c in clips]
         neg_ids = np.full((n, Nn, L), tok.pad_id, np.int32)
         neg_mask = np.zeros((n, Nn), bool)
+        neg_token_mask = np.zeros((n, Nn, L), bool)  # the tokenizer's own: with CLIP, pad == end token
         flat = [t for ns in negs for t in ns]
         if flat:
-            ids, _ = tok(flat, L)
+            ids, mask = tok(flat, L)
             rows = [(i, j) for i, ns in enumerate(negs) for j in range(len(ns))]
-            for (i, j), value in zip(rows, ids.numpy()):
-                neg_ids[i, j], neg_mask[i, j] = value, True
+            for (i, j), value, m in zip(rows, ids.numpy(), mask.numpy()):
+                neg_ids[i, j], neg_mask[i, j], neg_token_mask[i, j] = value, True, m
         verbs = [c["actions"][:M] for c in clips]
         verb_ids = np.full((n, M, Lv), tok.pad_id, np.int32)
         verb_mask = np.zeros((n, M, Lv), bool)
@@ -356,7 +357,8 @@ class DecodeClips:
         return {
             "key": np.array([c["key"] for c in clips], dtype=object),
             "text_ids": np.asarray(text_ids, np.int32), "text_mask": np.asarray(text_mask, bool),
-            "neg_ids": neg_ids, "neg_mask": neg_mask, "verb_ids": verb_ids, "verb_mask": verb_mask,
+            "neg_ids": neg_ids, "neg_mask": neg_mask, "neg_token_mask": neg_token_mask,
+            "verb_ids": verb_ids, "verb_mask": verb_mask,
             "verb_count": np.array([len(v) for v in verbs], np.int32),
             "mam_ids": np.asarray(mam_ids, np.int32), "mam_labels": np.asarray(mam_labels, np.int32),
         }
