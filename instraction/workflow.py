@@ -124,7 +124,7 @@ def curate(cfg: Config, stages: Stages) -> dict:
 
     with stages("curate", f"{cfg.curation.backend} backend -> {cfg.data.annotations}"):
         summary = run_curation(cfg, progress=True, echo=stages.echo)
-        stages.echo(f"    annotation table: {json.dumps(summary.get('table', {}).get('decision', summary.get('table')))}")
+        stages.echo(f"    annotation table: {json.dumps(summary.get('table', {}).get('by_decision', summary.get('table')))}")
     return summary
 
 
@@ -231,7 +231,7 @@ def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict
             "static_single_frame": static,
         },
         "temporal_gap": trained.get("temporal_gap", {}),
-        "data_accounting": {"curation": curation.get("table", {}), **result.get("data_accounting", {})},
+        "data_accounting": {**result.get("data_accounting", {}), "curation": curation.get("table", {})},
         "stage_seconds": stages.seconds,
         "peak_memory_gib": memory.peak_gib,
         "final_metrics": {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))},

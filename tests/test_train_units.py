@@ -17,6 +17,7 @@ import torch
 
 import train_helpers as th
 from instraction.train import checkpoint as ckpt
+from instraction.train import engine
 from instraction.train import tracking
 from instraction.train.batches import BatchStream, to_device
 from instraction.train.engine import CONFIG_DIR, build_engine, deepspeed_config, floating_dtype, is_plain, param_groups
@@ -94,6 +95,34 @@ def test_deepspeed_config_takes_run_values(tmp_path, stage):
 def test_plain_fp32_zero0_is_clipped_by_the_loop(tmp_path):
     ds = deepspeed_config(th.tiny_config(tmp_path, "train.zero_stage=0").train)
     assert is_plain(ds) and ds["gradient_clipping"] == 0.0
+
+
+def test_deepspeed_config_found_outside_the_package_checkout(tmp_path, monkeypatch):
+    """Installed non-editable (site-packages), the package-relative configs/deepspeed is missing: the lookup falls
+    back to the working directory's, and $INSTRACTION_HOME's wins over both; nothing found names every path tried."""
+    train = th.tiny_config(tmp_path, "train.zero_stage=1").train
+    monkeypatch.setattr(engine, "CONFIG_DIR", tmp_path / "site-packages" / "configs" / "deepspeed")
+    monkeypatch.delenv(engine.HOME_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as missing:
+        deepspeed_config(train)
+    assert str(tmp_path / "site-packages" / "configs" / "deepspeed" / "zero1.json") in str(missing.value)
+    assert str(tmp_path / "configs" / "deepspeed" / "zero1.json") in str(missing.value)
+    assert engine.HOME_ENV in str(missing.value)
+
+    def write_config(root, bucket):
+        (root / "configs" / "deepspeed").mkdir(parents=True)
+        (root / "configs" / "deepspeed" / "zero1.json").write_text(json.dumps(
+            {"zero_optimization": {"stage": 1, "reduce_bucket_size": bucket}}))
+
+    write_config(tmp_path, 111)
+    assert deepspeed_config(train)["zero_optimization"]["reduce_bucket_size"] == 111  # the working directory's
+    write_config(tmp_path / "home", 222)
+    monkeypatch.setenv(engine.HOME_ENV, str(tmp_path / "home"))
+    assert deepspeed_config(train)["zero_optimization"]["reduce_bucket_size"] == 222
+    explicit = th.tiny_config(tmp_path, f"train.deepspeed_config={tmp_path / 'nowhere.json'}").train
+    with pytest.raises(FileNotFoundError, match="nowhere.json"):
+        deepspeed_config(explicit)
 
 
 def test_no_weight_decay_on_biases_norms_embeddings_and_scalars():
@@ -309,14 +338,19 @@ def test_s3_compatible_storage_goes_through_s3fs_without_credentials(tmp_path, m
     assert fs.handler.fs.endpoint_url == "http://minio:9000" and not fs.handler.fs.key
 
 
-def test_data_accounting_includes_curation_summary(tmp_path):
+def test_data_accounting_includes_the_annotation_tables_counts(tmp_path):
+    """The table's totals (by decision and reason), not this curation run's counts, which are zero when every shard
+    was curated before."""
     (tmp_path / "ann").mkdir()
-    (tmp_path / "ann" / "summary.json").write_text(json.dumps({"decision": {"kept": 9, "dropped": 2}}))
+    table = {"by_decision": {"kept": 9, "dropped": 2}, "by_reason": {"ok": 9, "not_instructional": 2}, "rows": 11}
+    (tmp_path / "ann" / "summary.json").write_text(json.dumps(
+        {"counts": {"by_decision": {}, "by_reason": {}, "rows": 0}, "shards_skipped": 16, "table": table}))
     cfg = th.tiny_config(tmp_path, f"data.annotations={tmp_path / 'ann'}")
     acc = data_accounting(cfg, {"samples_seen": 40, "step": 5, "epoch": 1, "skipped_nonfinite": 1})
     assert acc["train"] == {"samples_seen": 40, "steps": 5, "epochs_completed": 1, "skipped_nonfinite_steps": 1}
+    assert acc["curation"] == table
     flat = flat_accounting(acc)
-    assert flat["data/curation/decision/kept"] == 9 and flat["data/train/skipped_nonfinite_steps"] == 1
+    assert flat["data/curation/by_decision/kept"] == 9 and flat["data/train/skipped_nonfinite_steps"] == 1
     assert all(isinstance(v, float) and math.isfinite(v) for v in flat.values())
 
 

@@ -1,7 +1,8 @@
 """DeepSpeed engine around the single-device model: JSON config + TrainConfig, torch AdamW, ZeRO stage 0-3.
 
-The ZeRO layout (bucket sizes, overlap, ZeRO-3 thresholds) lives in ``configs/deepspeed/zero{stage}.json``; the
-values that must agree with the run config (micro batch, clipping, precision) are always set from
+The ZeRO layout (bucket sizes, overlap, ZeRO-3 thresholds) lives in ``configs/deepspeed/zero{stage}.json`` (of
+``$INSTRACTION_HOME``, the package's checkout or the working directory: :func:`config_dirs`); the values that must
+agree with the run config (micro batch, clipping, precision) are always set from
 :class:`~instraction.train.config.TrainConfig`, so the JSON never silently disagrees with it.
 
 The optimizer is ``torch.optim.AdamW`` handed to ``deepspeed.initialize`` (``zero_allow_untested_optimizer``),
@@ -28,14 +29,38 @@ from instraction.train.config import TrainConfig
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+"""``configs/deepspeed`` of the checkout this package was imported from (a source tree or an editable install)."""
+HOME_ENV = "INSTRACTION_HOME"
+"""A repository root whose ``configs/deepspeed`` is looked in first (set in the cluster image)."""
+
+
+def config_dirs() -> list[Path]:
+    """Where ``zero{stage}.json`` is looked for, in order: ``$INSTRACTION_HOME/configs/deepspeed``, the package's
+    own checkout (:data:`CONFIG_DIR`; missing when the package is installed non-editable into site-packages), and
+    ``configs/deepspeed`` under the working directory (a Ray job's ``--working-dir``)."""
+    dirs = [CONFIG_DIR, Path.cwd() / "configs" / "deepspeed"]
+    if os.environ.get(HOME_ENV):
+        dirs.insert(0, Path(os.environ[HOME_ENV]).expanduser() / "configs" / "deepspeed")
+    return dirs
+
+
+def config_path(train: TrainConfig) -> Path:
+    """``train.deepspeed_config`` as given, else the first ``zero{train.zero_stage}.json`` of :func:`config_dirs`."""
+    if train.deepspeed_config:
+        candidates = [Path(train.deepspeed_config).expanduser()]
+    else:
+        candidates = [d / f"zero{train.zero_stage}.json" for d in config_dirs()]
+    for path in candidates:
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p.absolute()) for p in candidates)
+    hint = "" if train.deepspeed_config else f" (set {HOME_ENV} to the repository root, or train.deepspeed_config)"
+    raise FileNotFoundError(f"DeepSpeed config not found; tried: {tried}{hint}")
 
 
 def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
     """The DeepSpeed JSON for ``train.zero_stage`` (or ``train.deepspeed_config``) with the run's values set."""
-    path = Path(train.deepspeed_config) if train.deepspeed_config else CONFIG_DIR / f"zero{train.zero_stage}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"DeepSpeed config not found: {path}")
-    cfg = json.loads(path.read_text())
+    cfg = json.loads(config_path(train).read_text())
     cfg["train_micro_batch_size_per_gpu"] = train.batch_size
     cfg["gradient_accumulation_steps"] = 1
     cfg.pop("train_batch_size", None)  # derived by DeepSpeed from micro batch x world size

@@ -107,7 +107,8 @@ def build_trainer(cfg: Config, run_dir: str, datasets: Mapping[str, Any], train_
             worker_runtime_env={"env_vars": worker_env},
         ),
         datasets=dict(datasets),
-        dataset_config=ray.train.DataConfig(execution_options=ingest),
+        # No shard locality: it gives a block to a split on the block's node, an order a resumed run does not repeat.
+        dataset_config=ray.train.DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
 
 
@@ -241,7 +242,8 @@ def _fetch_weights(checkpoint, run_dir: str, s3) -> str | None:
 
 
 def data_accounting(cfg: Config, metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """What the run consumed (from rank 0's last report) and, when curation wrote one, its summary counts."""
+    """What the run consumed (from rank 0's last report) and, when curation wrote one, the annotation table's counts
+    by decision and reason (``table`` of its summary: the whole table, also when this run curated nothing new)."""
     out: dict[str, Any] = {"train": {
         "samples_seen": int(metrics.get("samples_seen", 0)),
         "steps": int(metrics.get("step", 0)),
@@ -250,7 +252,7 @@ def data_accounting(cfg: Config, metrics: Mapping[str, Any]) -> dict[str, Any]:
     }}
     summary = _read_json(f"{cfg.data.annotations.rstrip('/')}/summary.json", cfg.data.s3)
     if summary is not None:
-        out["curation"] = summary
+        out["curation"] = summary.get("table", summary)
     return out
 
 
