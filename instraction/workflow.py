@@ -223,7 +223,8 @@ def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict
         "run_dir": run_dir,
         "steps": result.get("steps", 0),
         "mlflow_run_id": result.get("mlflow_run_id"),
-        "mlflow_tracking_uri": tracking.tracking_uri(cfg) if cfg.tracking.enabled else None,
+        # user:password@ stripped: a postgresql+psycopg2://user:pw@host URI must not land in a file or a log
+        "mlflow_tracking_uri": tracking.redact("uri", tracking.tracking_uri(cfg)) if cfg.tracking.enabled else None,
         "weights": result.get("weights"),
         "bench": bench,
         "baselines": {

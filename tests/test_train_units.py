@@ -390,3 +390,17 @@ def test_progress_lines_go_through_a_file_the_driver_follows(tmp_path):
     stop.set()
     thread.join(timeout=5)
     assert [line.split(" | ")[0].strip() for line in seen] == ["train: step 5/10", "train: step 10/10"]
+
+
+def test_relative_sqlite_tracking_uri_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    """MLflow's usual local form, sqlite:///mlflow.db, is relative: the artifact root beside it must be absolute."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")
+    cfg = th.tiny_config(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert tracking.open_run(cfg, str(run_dir))
+    assert (tmp_path / "rel.db").exists()
+    assert tracking._artifact_location("sqlite:///rel.db") == (tmp_path / "mlartifacts").as_uri()
+    uri = "postgresql+psycopg2://me:s3cret@db:5432/mlflow"
+    assert tracking.redact("uri", uri) == "postgresql+psycopg2://***@db:5432/mlflow"

@@ -66,7 +66,7 @@ def config_params(cfg: Config) -> dict[str, str]:
 def _artifact_location(uri: str) -> str | None:
     """Artifacts of the local SQLite default live beside the database (never relative to a worker's cwd)."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()  # relative: from the cwd
     return None
 
 
