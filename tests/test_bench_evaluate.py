@@ -430,3 +430,19 @@ def test_ablation_set_is_complete():
     assert {"table4_hn_only", "table4_mam", "table4_dtw", "table4_both", "crosseval_semantic", "crosseval_logic",
             "table3_conv3d_hn_only", "table3_conv3d_instraction", "table3_vit_tiny_hn_only",
             "table3_vit_tiny_instraction"} <= names
+
+
+@pytest.mark.integration
+def test_weights_in_an_s3_run_directory_load_like_local_ones(tmp_path):
+    """run.dir=s3://...: the exported weights live on object storage and the evaluate stage loads them there."""
+    import datagen
+
+    from instraction.bench.scorers import load_instraction
+
+    cfg = load_config(None, TINY)
+    run_dir = _save_run_dir(cfg, tmp_path / "run", 600)
+    with datagen.MotoS3({str(run_dir / "model.safetensors"): "runs/r1/model.safetensors"}) as s3:
+        remote = load_config(None, [*TINY, f"data.s3.endpoint_url={s3.endpoint_url}"])
+        got = load_instraction(remote, "s3://runs/r1/model.safetensors", 600).state_dict()
+    want = load_instraction(cfg, run_dir / "model.safetensors", 600).state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)

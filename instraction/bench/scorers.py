@@ -148,13 +148,21 @@ def resolve_checkpoint(path: str | Path) -> tuple[Optional[Path], Path]:
 
 
 def load_instraction(cfg, weights: str | Path, vocab_size: int, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """An InstrActionModel of ``cfg`` with the exported weights (strict: a checkpoint of another shape fails loudly)."""
-    from safetensors.torch import load_file
+    """An InstrActionModel of ``cfg`` with the exported weights (strict: a checkpoint of another shape fails loudly).
+    ``weights``: a local path or a URI (s3://, through ``cfg.data.s3``: a run directory on object storage)."""
+    from safetensors.torch import load, load_file
 
     from instraction.model.instraction import build_model
 
     model = build_model(cfg, vocab_size)
-    state = load_file(str(weights), device="cpu")
+    if "://" in str(weights):
+        from instraction.data.shards import open_filesystem
+
+        fs, path = open_filesystem(str(weights), cfg.data.s3)
+        with fs.open(path, "rb") as f:
+            state = load(f.read())
+    else:
+        state = load_file(str(weights), device="cpu")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
