@@ -25,6 +25,10 @@ from instraction.losses.config import LossConfig
 from instraction.model.config import ModelConfig
 from instraction.train.config import TrackingConfig, TrainConfig
 
+EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+"""The embedded default run (SynthKitchen, rules curation, tiny model): what every job loads without --config, so
+``jobs/make_synthetic.py``, ``curate.py``, ``build_bench.py`` and ``pretrain.py`` agree on the data they share."""
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used: unknown key, wrong type or invalid value."""

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instraction.config import load_config  # noqa: E402
+from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 
 
 def _ensure_synthetic(cfg) -> None:
@@ -57,7 +57,7 @@ def format_summary(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML config (defaults: the embedded one)")
+    parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     ns = parser.parse_args(argv)
     cfg = load_config(ns.config, ns.overrides)

@@ -1,6 +1,6 @@
 """Render SynthKitchen (procedural instructional clips, motion-only verbs) into data.shards.
 
-    python jobs/make_synthetic.py                                        # the embedded default: 8 x 128 samples
+    python jobs/make_synthetic.py                                        # the embedded default: 32 x 128 samples
     python jobs/make_synthetic.py data.shards=/tmp/sk data.synthetic.num_shards=2 data.synthetic.seed=3
     python jobs/make_synthetic.py --force                                # re-render even when the cache matches
 
@@ -17,13 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from instraction.config import load_config  # noqa: E402
+from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 from instraction.data.synthetic import make_synthkitchen, read_marker  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="YAML config (default: dataclass defaults)")
+    parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-render even when a matching dataset exists")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)

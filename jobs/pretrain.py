@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # Train V2's report() otherwise blocks ~2 s
 
-from instraction.config import load_config  # noqa: E402
+from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+DEFAULT_CONFIG = EMBEDDED_DEFAULT
 
 
 def _init_ray(cfg, log_to_driver: bool = False) -> None:

@@ -75,3 +75,19 @@ def test_resolved_yaml_round_trips_and_flattens():
     flat = flatten(cfg)
     assert flat["run.name"] == "x" and flat["loss.dtw_margin"] == 0.3
     assert all("." in k for k in flat)
+
+
+@pytest.mark.parametrize("job", ["make_synthetic", "curate", "build_bench", "make_shards", "pretrain"])
+def test_every_job_defaults_to_the_embedded_config(job):
+    """Without --config every job loads configs/default.yaml: make_synthetic with the dataclass defaults rendered 8
+    shards where pretrain's default wants 32, deleting the rest of the shared dataset."""
+    import subprocess
+    import sys
+
+    from instraction.config import EMBEDDED_DEFAULT
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], capture_output=True, text=True, cwd=root,
+                         check=True).stdout
+    assert EMBEDDED_DEFAULT.name in out and EMBEDDED_DEFAULT.is_file()
+    assert load_config(EMBEDDED_DEFAULT).data.synthetic.num_shards == 32
