@@ -97,7 +97,7 @@ def _write_text(path: str, text: str, s3=None) -> None:
 
 
 def prepare_data(cfg: Config, stages: Stages) -> None:
-    """SynthKitchen when data.make_synthetic and the shards location holds no shard."""
+    """SynthKitchen when data.make_synthetic and the shards location holds no shard or an unfinished render of ours."""
     from instraction.data import shards
 
     if not cfg.data.make_synthetic:
@@ -106,11 +106,11 @@ def prepare_data(cfg: Config, stages: Stages) -> None:
         present = shards.list_shards(cfg.data.shards, cfg.data.s3)
     except (FileNotFoundError, ValueError):
         present = []
-    from instraction.data.synthetic import make_synthkitchen, read_marker
+    from instraction.data.synthetic import make_synthkitchen, written_by_synthkitchen
 
-    marker = read_marker(cfg.data.shards) if "://" not in cfg.data.shards else None
-    if present and marker is None:
-        return  # somebody else's shards: use them as they are
+    ours = "://" not in cfg.data.shards and written_by_synthkitchen(cfg.data.shards)
+    if present and not ours:
+        return  # somebody else's shards: use them as they are (ours, even half-rendered, are completed below)
     with stages("data", f"SynthKitchen -> {cfg.data.shards}"):
         import ray
 

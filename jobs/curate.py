@@ -28,15 +28,17 @@ from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 
 
 def _ensure_synthetic(cfg) -> None:
-    """The embedded default: render SynthKitchen into data.shards when that local location holds no shard."""
+    """The embedded default: render SynthKitchen into data.shards when that local location holds no shard, or
+    complete it when it holds an interrupted SynthKitchen render (anyone else's shards are used as they are)."""
     from instraction.data import shards, synthetic
 
     location = cfg.data.shards
     if not cfg.data.make_synthetic or shards.is_s3(location) or any(ch in location for ch in "*?["):
         return
-    if os.path.isdir(location) and any(name.endswith(".tar") for name in os.listdir(location)):
+    present = os.path.isdir(location) and any(name.endswith(".tar") for name in os.listdir(location))
+    if present and not synthetic.written_by_synthkitchen(location):
         return
-    print(f"no shards at {location}: rendering SynthKitchen there", flush=True)
+    print(f"SynthKitchen at {location}: rendering what is missing", flush=True)
     synthetic.make_synthkitchen(location, cfg.data.synthetic, log=lambda line: print(line, flush=True))
 
 

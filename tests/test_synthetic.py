@@ -192,6 +192,7 @@ def test_cache_resume_and_atomic_shards(tmp_path, monkeypatch):
         make_synthkitchen(out, cfg)
     # shard 0 complete, shard 1 left nothing behind (no half tar under a shard name), no finished marker
     assert sorted(os.listdir(out)) == ["00000.parquet", "00000.tar", "00000_stats.json"]
+    assert synthetic.written_by_synthkitchen(out)  # ours, unfinished: the main job completes it (below)
     first = os.stat(out / "00000.tar").st_mtime_ns
     monkeypatch.setattr(synthetic, "build_sample", real)
     paths = make_synthkitchen(out, cfg)
@@ -215,6 +216,7 @@ def test_refuses_shards_it_did_not_write(tmp_path):
     (tmp_path / "b" / "00000.tar").write_bytes(b"x")  # video2dataset naming, but not ours
     with pytest.raises(FileExistsError):
         make_synthkitchen(tmp_path / "b", SMALL)
+    assert not synthetic.written_by_synthkitchen(tmp_path / "b") and not synthetic.written_by_synthkitchen(tmp_path)
     with pytest.raises(ValueError):
         make_synthkitchen("s3://bucket/prefix", SMALL)
 
@@ -305,3 +307,34 @@ def test_motion_not_objects_tells_the_verb():
     print(f"nearest centroid, 12 verbs: single frame {static_acc:.3f}, frame difference {motion_acc:.3f}")
     assert static_acc < 0.2
     assert motion_acc > static_acc + 0.3
+
+
+def test_main_job_completes_an_interrupted_render_and_uses_foreign_shards_as_they_are(tmp_path, monkeypatch):
+    """prepare_data took any shards without a finished marker for someone else's and trained on the 1 of 3."""
+    from instraction.config import load_config
+    from instraction.workflow import Stages, prepare_data
+
+    small = dataclasses.replace(SMALL, clips_per_shard=6, num_shards=3)
+    out = tmp_path / "sk"
+    real = synthetic.build_sample
+
+    def dies_in_shard_1(c, shard, index):
+        if shard == 1:
+            raise KeyboardInterrupt("killed")
+        return real(c, shard, index)
+
+    monkeypatch.setattr(synthetic, "build_sample", dies_in_shard_1)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthkitchen(out, small)
+    monkeypatch.setattr(synthetic, "build_sample", real)
+    cfg = load_config(None, [f"data.shards={out}", "data.make_synthetic=true"])
+    cfg.data.synthetic = small
+    prepare_data(cfg, Stages(lambda line: None))
+    assert sorted(p for p in os.listdir(out) if p.endswith(".tar")) == ["00000.tar", "00001.tar", "00002.tar"]
+    assert synthetic.read_marker(out)["config_hash"] == synthetic.config_hash(small)
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "00000.tar").write_bytes((out / "00000.tar").read_bytes())
+    cfg.data.shards = str(foreign)
+    prepare_data(cfg, Stages(lambda line: None))
+    assert sorted(os.listdir(foreign)) == ["00000.tar"]  # used as it is: nothing rendered beside it

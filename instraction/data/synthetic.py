@@ -364,6 +364,20 @@ def _render_with_ray(out: Path, shards: list[int], cfg: SynthConfig):
         raise failure
 
 
+def written_by_synthkitchen(out_dir: str | Path) -> bool:
+    """True when ``out_dir`` is a SynthKitchen dataset, finished (its marker) or interrupted (a shard stats file of
+    ours, or a ``.partial`` file): :func:`make_synthkitchen` may then complete or re-render it. False for a
+    directory of someone else's shards, which must be used as they are."""
+    out = Path(out_dir)
+    if read_marker(out) is not None:
+        return True
+    try:
+        names = sorted(p for p in os.listdir(out) if _OURS.match(p))
+    except OSError:
+        return False
+    return _any_ours(out, names)
+
+
 def _any_ours(out: Path, names: list[str]) -> bool:
     """True when some shard stats file says SynthKitchen wrote it (an interrupted run of ours, any config)."""
     for name in names:
