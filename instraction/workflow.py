@@ -124,7 +124,8 @@ def curate(cfg: Config, stages: Stages) -> dict:
 
     with stages("curate", f"{cfg.curation.backend} backend -> {cfg.data.annotations}"):
         summary = run_curation(cfg, progress=True, echo=stages.echo)
-        stages.echo(f"    annotation table: {json.dumps(summary.get('table', {}).get('by_decision', summary.get('table')))}")
+        table = summary.get("table", {})
+        stages.echo(f"    annotation table: {json.dumps(table.get('by_decision', table))}")
     return summary
 
 
@@ -180,7 +181,8 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
         methods: dict[str, Any] = {}
         if weights:
             trained = load_instraction(cfg, weights, tokenizer.vocab_size)
-            methods["InstrAction (trained)"] = score(InstrActionScorer(trained, tokenizer, cfg.data), tables, videos, cfg)
+            methods["InstrAction (trained)"] = score(InstrActionScorer(trained, tokenizer, cfg.data), tables, videos,
+                                                     cfg)
         methods["untrained"] = score(InstrActionScorer(untrained, tokenizer, cfg.data), tables, videos, cfg)
         _write_text(f"{out}/results.json", report.dumps(methods), cfg.data.s3)
         _write_text(f"{out}/tables.md", report.tables_markdown(methods), cfg.data.s3)
