@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if args.out:
         out = Path(args.out)
-    elif weights is not None:
-        out = (Path(config_path).parent if config_path else weights.parent) / f"eval-{slug}"
+    elif weights is not None:  # beside the checkpoint (its run directory), whichever config was passed
+        out = Path(weights).parent / f"eval-{slug}"
     else:
         base = cfg.run.dir if "://" not in cfg.run.dir else "."
         out = Path(base) / f"eval-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     plots = write_plots({name: results}, out / "plots")
     run_id = None
     if cfg.tracking.enabled:
-        training_run = Path(config_path).parent / "mlflow_run_id" if weights is not None and config_path else None
+        training_run = Path(weights).parent / "mlflow_run_id" if weights is not None else None
         tags = {"kind": "evaluation", "method": name, "checkpoint": results["meta"]["checkpoint"], "bench": bench_dir}
         if training_run is not None and training_run.exists():
             tags["training_run_id"] = training_run.read_text().strip()

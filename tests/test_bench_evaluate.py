@@ -369,6 +369,16 @@ def test_evaluate_job_end_to_end(bench_env, tmp_path, monkeypatch):
     assert {"results.json", "tables.md", "plots"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {f"plots/{n}" for n in pngs}
 
+    # a config from elsewhere changes neither where the results go nor which training run they are tied to
+    elsewhere = tmp_path / "configs"
+    elsewhere.mkdir()
+    (elsewhere / "eval.yaml").write_text((run_dir / "config.yaml").read_text())
+    job.main(["--checkpoint", str(run_dir / "model.safetensors"), "--config", str(elsewhere / "eval.yaml"),
+              "--name", "second look"])
+    assert (run_dir / "eval-second-look" / "results.json").exists() and os.listdir(elsewhere) == ["eval.yaml"]
+    tagged = client.get_run((run_dir / "eval-second-look" / "mlflow_run_id").read_text().strip())
+    assert tagged.data.tags["training_run_id"] == "training-run-123"
+
 
 def test_backbone_scorer_zero_shot(bench_env, tmp_path):
     from instraction.data.tokenizer import build_tokenizer
