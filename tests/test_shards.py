@@ -267,3 +267,15 @@ def test_malformed_ground_truth_of_a_clip_is_bad_json(tmp_path, bad):
     path = datagen.write_tar(str(tmp_path / "00000.tar"), [{**good, "json": json.dumps(meta).encode()},
                                                            {**good, "__key__": "b"}])
     assert [(r["key"], r["error"]) for r in shards.iter_clips(path)] == [("a", "bad_json"), ("b", None)]
+
+
+def test_video_id_is_read_under_video2datasets_spellings(tmp_path):
+    """Clips of one source video must share its id (the bench holds whole source videos out of training)."""
+    mp4 = datagen.ramp_mp4()
+    good = datagen.clip_sample("a", "v", "stir the sauce", ["stir sauce"], mp4)
+    meta = json.loads(good["json"])
+    del meta["video_id"]
+    samples = [{**good, "__key__": k, "json": json.dumps({**meta, **extra}).encode()}
+               for k, extra in [("a", {"videoID": "yt1"}), ("b", {"videoid": "yt1"}), ("c", {})]]
+    path = datagen.write_tar(str(tmp_path / "00000.tar"), samples)
+    assert [r["video_id"] for r in shards.iter_clips(path)] == ["yt1", "yt1", "c"]

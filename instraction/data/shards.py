@@ -328,7 +328,9 @@ def sample_rows(shard: str, key: str, parts: dict[str, Any], with_video: bool) -
             if start is not None and end is not None and end <= start:
                 raise ValueError(f"empty window [{start}, {end})")
             windows.append((seg, start, end))
-        video_id = _unicode(str(meta.get("video_id") or key), "video_id")
+        # video2dataset keeps the input table's column name: videoID / videoid are the usual spellings
+        source = next((meta[k] for k in ("video_id", "videoID", "videoid") if meta.get(k) not in (None, "")), key)
+        video_id = _unicode(str(source), "video_id")
         truths = [_segment_truth(meta.get("synthkitchen"), seg, start, end, whole) for seg, start, end in windows]
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError) as err:
         return [_row(shard, key, key, "bad_json", f"{type(err).__name__}: {err}", **extra)]
