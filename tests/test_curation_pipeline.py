@@ -91,11 +91,14 @@ def test_rules_on_synthkitchen_matches_ground_truth_and_resumes(ray_local, synth
 def test_bad_and_unreadable_shards_are_counted_not_lost(ray_local, tmp_path):
     bad = datagen.build_bad_shards(str(tmp_path / "shards"))
     os.symlink(str(tmp_path / "nowhere.tar"), str(tmp_path / "shards" / "00099.tar"))  # listed, cannot be opened
+    datagen.write_tar(str(tmp_path / "shards" / "00098.tar"), [])  # a well-formed tar with no sample
     ann = str(tmp_path / "ann")
     summary = pipeline.curate(config(str(tmp_path / "shards"), ann), progress=False)
     table, files = read_table(ann)
-    assert "00099.parquet" not in files and len(files) == len(bad["shards"])
-    assert [u["shard"] for u in summary["unreadable_shards"]] == [str(tmp_path / "shards" / "00099.tar")]
+    assert "00099.parquet" not in files and "00098.parquet" not in files and len(files) == len(bad["shards"])
+    assert [u["shard"] for u in summary["unreadable_shards"]] == [str(tmp_path / "shards" / f"0009{i}.tar")
+                                                                  for i in (8, 9)]
+    assert "no clip was read" in summary["unreadable_shards"][0]["detail"]
     rows = table.to_pylist()
     reasons = {}
     for r in rows:
@@ -107,7 +110,7 @@ def test_bad_and_unreadable_shards_are_counted_not_lost(ray_local, tmp_path):
     assert summary["counts"]["by_reason"]["quarantined"] == {k: len(v) for k, v in bad["errors"].items()}
     # the unreadable shard has no file, so the next run tries it again (and skips the others)
     again = pipeline.curate(config(str(tmp_path / "shards"), ann), progress=False)
-    assert again["shards_skipped"] == len(bad["shards"]) and len(again["unreadable_shards"]) == 1
+    assert again["shards_skipped"] == len(bad["shards"]) and len(again["unreadable_shards"]) == 2
 
 
 class LosingBackend(RulesBackend):

@@ -17,8 +17,9 @@ Graph, per wave of ``curation.shards_per_wave`` shards (a wave is the unit of re
    version and counts in the Parquet footer.
 
 Re-running skips a shard whose file was written by the same model and prompt version (read from the footer)
-unless ``curation.force``. A shard that cannot be opened gets no file (so the next run retries it) and is listed
-in ``summary.json`` under ``unreadable_shards``; its one quarantined row is not in the counts, which therefore
+unless ``curation.force``. A shard that cannot be opened, or from which no clip was read (an empty tar, or a read
+task that failed and was skipped under ``data.max_errored_blocks``), gets no file (so the next run retries it) and
+is listed in ``summary.json`` under ``unreadable_shards``; its one quarantined row is not in the counts, which therefore
 equal the rows of the files written. ``summary.json`` holds this run's counts by decision and by reason, per
 shard, and the totals of the whole table (this run's and the skipped shards' files).
 """
@@ -171,6 +172,11 @@ def _curate_wave(wave: list[str], backend: Backend, cfg, state: dict, sources: d
         broken = [r for r in srcs if r.get("error") in _SHARD_ERRORS]
         if broken:  # the shard could not be read at all: no file, so the next run tries again
             stats.append({"shard": stem, "uri": uri, "unreadable": broken[0].get("detail") or broken[0]["error"]})
+            continue
+        if not srcs:  # its read block failed (data.max_errored_blocks let Ray skip it) or the tar holds nothing:
+            # an empty annotation file would mark the shard curated for good and every clip missing_annotation
+            stats.append({"shard": stem, "uri": uri, "unreadable": "no clip was read (empty shard, or its read task "
+                                                                    "failed)"})
             continue
         for src in srcs:  # every clip read gets exactly one row, even if its block failed in the backend
             if src["key"] not in got:
