@@ -87,9 +87,17 @@ def run_directory(cfg: Config) -> str:
 
 
 def _write_text(path: str, text: str, s3=None) -> None:
-    """Write a small text file to a local path or s3:// (the S3 endpoint/credentials of data.s3)."""
+    """Write a small text file to a local path or s3:// (the S3 endpoint/credentials of data.s3). Whole or not at
+    all: locally through a temporary file and a rename; an S3 object appears only once its upload completes."""
     from instraction.data.shards import open_filesystem
 
+    if "://" not in path:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.partial")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        return
     fs, target = open_filesystem(path, s3)
     fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(target, "w") as f:
