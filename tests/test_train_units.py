@@ -171,6 +171,22 @@ def _weights(engine, path):
     return load_file(str(path))
 
 
+@pytest.mark.parametrize("stage", [0, 2])
+def test_resume_with_another_world_size_only_where_the_optimizer_state_is_not_partitioned(tmp_path, process_group,
+                                                                                         stage):
+    cfg = th.tiny_config(tmp_path, f"train.zero_stage={stage}")
+    torch.manual_seed(1)
+    engine, opt = build_engine(th.ToyModel(), cfg.train)
+    sched = build_scheduler(opt, 2, 10, 0.1)
+    _run(engine, sched, _batches(1))
+    ckpt.save(engine, sched, ckpt.TrainState(step=1, epoch=0, batch_in_epoch=1), tmp_path / "ck", 0, 2)  # "2 workers"
+    if stage == 0:
+        assert ckpt.load(engine, sched, tmp_path / "ck", 0, 1).step == 1  # replicated state: resumes, with a warning
+    else:
+        with pytest.raises(RuntimeError, match="written by 2 workers under ZeRO stage 2"):
+            ckpt.load(engine, sched, tmp_path / "ck", 0, 1)
+
+
 @pytest.mark.parametrize("stage,precision", [(0, "fp32"), (1, "fp32"), (2, "fp32"), (2, "bf16"), (3, "bf16")])
 def test_checkpoint_restores_model_optimizer_scheduler_and_rng(tmp_path, process_group, stage, precision):
     """Train 2 steps, save, train 2 more (reference); a fresh engine loaded from the save then trains the same 2

@@ -12,7 +12,8 @@ Ray Data split. The splits are deterministic (``preserve_order``: Ray Data hands
 fewest rows, in order) and the local shuffle is seeded by (seed, rank, epoch), so a resumed worker that skips
 ``batch_in_epoch`` batches of the same epoch sees exactly the samples it would have seen next: nothing is
 repeated or skipped. Limits: it holds for the same data, world size and batch size; the skipped batches are
-read and decoded again (Ray Data cannot seek); with a different world size the run resumes from rank 0's
+read and decoded again (Ray Data cannot seek); with a different world size (ZeRO stage 0 only: stages 1-3 save the
+optimizer state partitioned for the world size that wrote it, and loading refuses) the run resumes from rank 0's
 position with a warning, and the data order then differs from an uninterrupted run.
 """
 
@@ -92,7 +93,18 @@ def save(engine, scheduler, state: TrainState, directory: str | Path, rank: int,
 
 
 def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -> TrainState:
-    """Restore model, optimizer, scheduler, this rank's TrainState and RNG from ``directory``."""
+    """Restore model, optimizer, scheduler, this rank's TrainState and RNG from ``directory``.
+
+    Raises ``RuntimeError`` (before DeepSpeed reads anything) when the checkpoint was written by another number of
+    workers under ZeRO stage >= 1: each rank's file holds its partition of the optimizer state for that world size,
+    and DeepSpeed would load the wrong slices (or fail deep inside). Stage 0 replicates the state: it resumes.
+    """
+    saved_world = torch.load(worker_file(directory, 0), map_location="cpu", weights_only=False).get("world_size")
+    stage = engine.zero_optimization_stage()
+    if saved_world is not None and saved_world != world_size and stage >= 1:
+        raise RuntimeError(f"checkpoint {directory} was written by {saved_world} workers under ZeRO stage {stage}: its "
+                           f"optimizer partitions cannot be loaded by {world_size}; resume with train.num_workers="
+                           f"{saved_world}, or start a new run from its weights")
     path, client_state = engine.load_checkpoint(str(directory), tag=STATE_TAG, load_optimizer_states=True,
                                                 load_lr_scheduler_states=False)
     if path is None:
