@@ -173,7 +173,7 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
 
     from instraction.bench import build as bench_build
     from instraction.bench import report
-    from instraction.bench.evaluate import evaluate as score, load_bench_videos
+    from instraction.bench.evaluate import evaluate as score
     from instraction.bench.plots import write_plots
     from instraction.bench.scorers import InstrActionScorer, load_instraction
     from instraction.data.tokenizer import build_tokenizer
@@ -182,7 +182,7 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
     out = f"{run_dir}/bench"
     with stages("evaluate", f"InstrAct Bench: trained vs untrained vs static (one random frame) -> {out}"):
         tables = bench_build.load(bench_dir, cfg.data.s3)
-        videos = load_bench_videos(cfg, tables)
+        videos = bench_videos(cfg, tables)
         tokenizer = build_tokenizer(cfg.data.tokenizer)
         torch.manual_seed(cfg.run.seed)
         untrained = build_model(cfg, tokenizer.vocab_size)
@@ -197,6 +197,22 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
         plots = write_plots(methods, out) if "://" not in out else []
         stages.echo(report.compare_table(methods))
     return {"methods": methods, "dir": out, "plots": plots}
+
+
+BENCH_IN_MEMORY_BYTES = 2 << 30
+"""Up to this many bytes of decoded bench clips are held in memory and scored by every method; above it (a paper-
+scale bench: 224^2 x 8 frames is 1.2 MB a clip) each method streams them, decoding again per method."""
+
+
+def bench_videos(cfg: Config, tables):
+    """The bench clips for the evaluate stage: in memory when they fit :data:`BENCH_IN_MEMORY_BYTES`, else a stream."""
+    from instraction.bench.evaluate import BenchVideos, LoadedVideos
+
+    d = cfg.data
+    stream = BenchVideos(cfg, tables)
+    if len(stream.needed) * d.num_frames * d.size * d.size * 3 <= BENCH_IN_MEMORY_BYTES:
+        return LoadedVideos(stream)
+    return stream
 
 
 def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:

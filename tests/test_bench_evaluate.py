@@ -180,6 +180,20 @@ def test_videos_load_and_failures_are_counted(bench_env):
     assert videos.failures == {"garbage": "undecodable", "ghost": "missing_in_shard", "lost": "shard_not_found"}
 
 
+def test_main_job_holds_small_benches_in_memory_and_streams_large_ones(bench_env, monkeypatch):
+    from instraction import workflow
+    from instraction.bench.evaluate import BenchVideos, LoadedVideos
+
+    cfg, tables = bench_env["cfg"], bench_env["tables"]
+    small = workflow.bench_videos(cfg, tables)
+    assert isinstance(small, LoadedVideos) and len(small) == 14 and small.failures == bench_env["videos"].failures
+    per_clip = cfg.data.num_frames * cfg.data.size ** 2 * 3
+    monkeypatch.setattr(workflow, "BENCH_IN_MEMORY_BYTES", 16 * per_clip)  # 17 clips wanted: one too many
+    large = workflow.bench_videos(cfg, tables)
+    assert isinstance(large, BenchVideos) and not isinstance(large, dict)
+    assert {key for key, _ in large} == set(small)
+
+
 def test_truncated_shard_fails_only_the_clips_it_lost_and_empty_tasks_score_nan(tmp_path):
     mp4 = _ramp_clip(0)
     samples = [datagen.clip_sample(f"k{i}", f"v{i}", "crack the egg", ["crack egg"], mp4) for i in range(3)]
