@@ -28,8 +28,9 @@ from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 
 
 def _ensure_synthetic(cfg) -> None:
-    """The embedded default: render SynthKitchen into data.shards when that local location holds no shard, or
-    complete it when it holds an interrupted SynthKitchen render (anyone else's shards are used as they are)."""
+    """The embedded default: render SynthKitchen into data.shards when that local location holds no shard; when it
+    holds SynthKitchen's own shards, bring them to data.synthetic as the main job does (complete an interrupted
+    render, re-render one of another config). Anyone else's shards are used as they are."""
     from instraction.data import shards, synthetic
 
     location = cfg.data.shards
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ray.init()  # honours RAY_ADDRESS; a local instance otherwise
     try:
         summary = curate(cfg, progress=True, echo=lambda line: print(line, flush=True))
-    except EngineUnavailable as err:
+    except (EngineUnavailable, FileNotFoundError) as err:  # no engine; no shard where data.shards points
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(format_summary(summary))

@@ -156,9 +156,15 @@ def test_curate_job_main(ray_local, synth, tmp_path, capsys):
     import curate as curate_job
 
     ann = str(tmp_path / "ann")
-    assert curate_job.main([f"data.shards={synth}", f"data.annotations={ann}"]) == 0
+    # make_synthetic=false: these shards were rendered with a small config, which the embedded default would redo
+    assert curate_job.main([f"data.shards={synth}", f"data.annotations={ann}", "data.make_synthetic=false"]) == 0
     out = capsys.readouterr().out
     assert "kept" in out and "instructional" in out and "total" in out
     assert sorted(os.listdir(ann)) == ["00000.parquet", "00001.parquet", "summary.json"]
-    assert curate_job.main([f"data.shards={synth}", f"data.annotations={ann}", "curation.backend=openai",
+    assert curate_job.main([f"data.shards={synth}", f"data.annotations={ann}", "data.make_synthetic=false",
+                            "curation.backend=openai",
                             "curation.base_url=http://127.0.0.1:9/v1"]) == 1  # nothing listens: fails fast
+    (tmp_path / "empty").mkdir()
+    assert curate_job.main([f"data.shards={tmp_path / 'empty'}", f"data.annotations={tmp_path / 'ann2'}",
+                            "data.make_synthetic=false"]) == 1  # a wrong path is an error, not zero clips
+    assert "no shard" in capsys.readouterr().err and not (tmp_path / "ann2").exists()

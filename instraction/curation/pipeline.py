@@ -202,6 +202,8 @@ def curate(cfg, progress: bool = True, echo: Callable[[str], None] = log.info) -
     cur = cfg.curation
     backend = make_backend(cur)
     shards = shard_io.list_shards(cfg.data.shards, cfg.data.s3)
+    if not shards:  # an empty location is a wrong path, not a dataset of zero clips
+        raise FileNotFoundError(f"no shard (*.tar) at data.shards={shard_io.redact(cfg.data.shards)}")
     stems = Counter(shard_io.shard_stem(s) for s in shards)
     clashes = [s for s, n in stems.items() if n > 1]
     if clashes:
