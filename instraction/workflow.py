@@ -187,7 +187,10 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
         torch.manual_seed(cfg.run.seed)
         untrained = build_model(cfg, tokenizer.vocab_size)
         methods: dict[str, Any] = {}
-        if weights:
+        if not weights:  # summary.json's bench then holds empty dicts: say why where the user looks
+            stages.echo("    no trained weights to score (train.export_weights=false, or no final checkpoint): "
+                        "only the untrained baseline is evaluated")
+        else:
             trained = load_instraction(cfg, weights, tokenizer.vocab_size)
             methods["InstrAction (trained)"] = score(InstrActionScorer(trained, tokenizer, cfg.data), tables, videos,
                                                      cfg)
