@@ -98,6 +98,17 @@ def test_order_swapped_needs_two_different_actions():
         assert sampler.order_swapped(analysis, negatives.slots_of(analysis), "k") == []
 
 
+@pytest.mark.parametrize("text,actions", [("grate it grate", ["grate it", "grate"]),
+                                          ("stir it then stir the sauce", ["stir it", "stir sauce"]),
+                                          ("add salt, then add pepper", ["add salt", "add pepper"])])
+def test_order_swapped_with_repeated_verbs_are_only_what_the_validator_accepts(text, actions):
+    """Bodies with the same verb that differ only in function words swap into the same verbs and content words in
+    the same order ("grate it grate" -> "grate grate it"): not an order-swapped negative, so not generated."""
+    _, swapped = negatives.negatives_for(text, actions)
+    assert all(negatives.validate_order_swapped(text, n) for n in swapped)
+    assert bool(swapped) == (text != "grate it grate")  # the other two really change the order of content
+
+
 def test_validators_reject_what_is_not_a_hard_negative():
     pos = "crack the egg and then whisk it"
     assert validate_verb_altered(pos, "crack the egg and then stir it")

@@ -275,6 +275,10 @@ class NegativeSampler:
         out: list[str] = []
         order = tuple(p.lower() for p in pieces)
         seen = {order}
+        # One exception to "valid by construction" below: bodies with the same verb that differ only in function
+        # words ("grate it" / "grate") swap into the same verbs and content words in the same order, which the
+        # validator rejects. Only a caption whose actions repeat a verb can do that: its candidates are checked.
+        check = _OrderCheck(text) if len({slot.lemma for slot in slots}) < n else None
         for perm in perms:
             # valid by construction: the caption's own token-aligned pieces, moved, so the vocabulary is the
             # positive's; the actions' order really differs when the sequence of bodies does (not just indices:
@@ -292,7 +296,10 @@ class NegativeSampler:
                 if pos < n - 1:
                     parts.append(gaps[pos])
             parts.append(suffix)
-            out.append("".join(parts))
+            candidate = "".join(parts)
+            if check is not None and not check(candidate):
+                continue
+            out.append(candidate)
             if len(out) >= self.max_order_swapped:
                 break
         return out
