@@ -76,6 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     bench_dir = bench_build.default_out(cfg)
     tables = bench_build.load(bench_dir, cfg.data.s3)
+    if weights is not None:  # a trained model: its training must not have seen the bench's videos
+        try:
+            bench_build.check_split(tables.manifest, cfg.bench, f"the checkpoint {weights}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     videos = BenchVideos(cfg, tables)
     results = evaluate(scorer, tables, videos, cfg)
     results["meta"] = {"method": name, "checkpoint": str(weights) if weights else None, "bench": bench_dir,

@@ -30,7 +30,7 @@ from instraction.bench.evaluate import (CONTROLS, BackboneScorer, control_indice
 from instraction.bench.metrics import mcq_metrics
 from instraction.bench.plots import write_plots
 from instraction.bench.report import compare_table, dumps, flatten_metrics, metric_name, tables_markdown
-from instraction.config import load_config, to_yaml
+from instraction.config import ConfigError, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 T, SIZE = 4, 16
@@ -382,6 +382,11 @@ def test_evaluate_job_end_to_end(bench_env, tmp_path, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"results.json", "tables.md", "plots"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "plots")} == {f"plots/{n}" for n in pngs}
+
+    # a checkpoint trained with another split (here: another bench seed) is refused: the bench holds its videos
+    with pytest.raises(ConfigError, match="built with holdout_fraction=.*seed=0.*trained with.*seed=7"):
+        job.main(["--checkpoint", str(run_dir), "bench.seed=7", "--name", "leaky"])
+    assert not (run_dir / "eval-leaky").exists()
 
     # a config from elsewhere changes neither where the results go nor which training run they are tied to
     elsewhere = tmp_path / "configs"

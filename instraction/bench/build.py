@@ -127,6 +127,18 @@ def build(table: pd.DataFrame, bench: BenchConfig, source: str = "") -> BenchTab
     return BenchTables(pd.DataFrame(semantic), pd.DataFrame(logic), dynamics, manifest)
 
 
+def check_split(manifest: dict, bench: BenchConfig, what: str = "the model") -> None:
+    """ValueError unless the bench was held out with ``bench``'s split (``holdout_fraction``, ``seed``): the one
+    the training pipeline of ``what`` used to keep those videos out. A bench rebuilt with another split (the default
+    bench folder is shared by every run on the same annotations) holds videos that model trained on."""
+    built = (manifest.get("holdout_fraction"), manifest.get("seed"))
+    if built != (bench.holdout_fraction, bench.seed):
+        raise ValueError(f"the bench was built with holdout_fraction={built[0]}, seed={built[1]}, but {what} was "
+                         f"trained with holdout_fraction={bench.holdout_fraction}, seed={bench.seed}: its videos "
+                         "overlap that training; rebuild it with that config (jobs/build_bench.py --config "
+                         "<its config.yaml> bench.out=<new folder>) and evaluate against bench.out=<new folder>")
+
+
 def write(tables: BenchTables, out_dir: str, s3=None) -> None:
     """Write the three Parquet files and manifest.json (local path or s3://; ``s3``: an S3Config)."""
     fs, root = open_filesystem(out_dir, s3)
