@@ -23,8 +23,6 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # Train V2's 
 
 from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
 
-DEFAULT_CONFIG = EMBEDDED_DEFAULT
-
 
 def _init_ray(cfg, log_to_driver: bool = False) -> None:
     import ray
@@ -55,7 +53,7 @@ def benchmark(argv: list[str] | None = None) -> int:
     from instraction.workflow import pretrain
 
     parser = argparse.ArgumentParser(prog="benchmark.py e2e")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--config", default=str(EMBEDDED_DEFAULT))
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
@@ -81,10 +79,10 @@ def benchmark(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help=f"YAML config (default: {DEFAULT_CONFIG.name})")
+    parser.add_argument("--config", default=None, help=f"YAML config (default: {EMBEDDED_DEFAULT.name})")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.max_steps=100")
     args = parser.parse_args(argv)
-    cfg = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+    cfg = load_config(args.config or EMBEDDED_DEFAULT, args.overrides)
     _init_ray(cfg)
 
     from instraction.workflow import pretrain

@@ -108,15 +108,6 @@ def _seconds(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
-def _utf8(text: str) -> bool:
-    """False for text UTF-8 cannot encode (a lone surrogate from a ``\\ud800`` escape in the JSON)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def clean_segments(entry: dict, duration: Optional[float], counts: Counter) -> list[dict]:
     """HowTo100M's parallel start/end/text lists -> ``[{"start","end","text"}]``. Each input segment lands in
     exactly one ``counts`` bucket (``segments_written`` or a reason it was dropped, see the module docstring); a
@@ -137,7 +128,7 @@ def clean_segments(entry: dict, duration: Optional[float], counts: Counter) -> l
         if not text:
             counts["segments_empty_text"] += 1
             continue
-        if not _utf8(text):
+        if not shard_io.valid_unicode(text):
             counts["segments_bad_text"] += 1
             continue
         if duration is not None:

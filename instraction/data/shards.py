@@ -249,13 +249,13 @@ def _seconds(value: Any) -> Optional[float]:
     return float(value)
 
 
-def _unicode(text: str, what: str) -> str:
-    """``text`` when it encodes as UTF-8 (json's ``\ud800`` escapes give lone surrogates, which Arrow refuses)."""
+def valid_unicode(text: str) -> bool:
+    """False for text UTF-8 cannot encode: a lone surrogate (json's ``\ud800`` escapes), which Arrow refuses."""
     try:
         text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"{what} is not valid Unicode: {err.reason} at {err.start}") from None
-    return text
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _checked_truth(truth: dict) -> dict:
@@ -330,7 +330,9 @@ def sample_rows(shard: str, key: str, parts: dict[str, Any], with_video: bool) -
             windows.append((seg, start, end))
         # video2dataset keeps the input table's column name: videoID / videoid are the usual spellings
         source = next((meta[k] for k in ("video_id", "videoID", "videoid") if meta.get(k) not in (None, "")), key)
-        video_id = _unicode(str(source), "video_id")
+        video_id = str(source)
+        if not valid_unicode(video_id):
+            raise ValueError("video_id is not valid Unicode (a lone surrogate)")
         truths = [_segment_truth(meta.get("synthkitchen"), seg, start, end, whole) for seg, start, end in windows]
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError) as err:
         return [_row(shard, key, key, "bad_json", f"{type(err).__name__}: {err}", **extra)]
@@ -344,12 +346,12 @@ def sample_rows(shard: str, key: str, parts: dict[str, Any], with_video: bool) -
     for i, ((seg, start, end), truth) in enumerate(zip(windows, truths)):
         clip_key = f"{key}_{i:03d}" if whole else key
         caption = seg.get("text") if whole else (meta.get("caption") or seg.get("text") or text)
-        problem = "empty caption" if not isinstance(caption, str) or not caption.strip() else None
-        if problem is None:
-            try:
-                _unicode(caption, "caption")
-            except ValueError as err:
-                problem = str(err)
+        if not isinstance(caption, str) or not caption.strip():
+            problem = "empty caption"
+        elif not valid_unicode(caption):
+            problem = "caption is not valid Unicode (a lone surrogate)"
+        else:
+            problem = None
         if problem is not None:
             rows.append(_row(shard, clip_key, key, "bad_caption", problem, video_id=video_id,
                              start=start, end=end, **extra))

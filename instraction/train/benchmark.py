@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
 
 
 def make_rows(cfg, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -159,13 +158,15 @@ def ray_run(cfg, rows: list[dict], warmup: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from instraction.config import EMBEDDED_DEFAULT
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16, help="per worker; the plain loop takes workers x this")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--zero-stage", type=int, default=2)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser.add_argument("--config", default=str(EMBEDDED_DEFAULT))
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     parser.add_argument("overrides", nargs="*", help="dotted config overrides (model size, data shape)")
     args = parser.parse_args(argv)

@@ -86,7 +86,7 @@ def worker_file(directory: str | Path, rank: int) -> Path:
 
 def save(engine, scheduler, state: TrainState, directory: str | Path, rank: int, world_size: int) -> None:
     """Write the full training state of this rank into ``directory`` (call on every rank: ZeRO is collective)."""
-    client_state = {"scheduler": scheduler.state_dict(), "train_state": state.as_dict(), "world_size": world_size}
+    client_state = {"scheduler": scheduler.state_dict(), "train_state": state.as_dict()}
     engine.save_checkpoint(str(directory), tag=STATE_TAG, client_state=client_state, save_latest=False)
     torch.save({"train_state": state.as_dict(), "rng": rng_state(), "world_size": world_size},
                worker_file(directory, rank))
@@ -99,7 +99,8 @@ def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -
     workers under ZeRO stage >= 1: each rank's file holds its partition of the optimizer state for that world size,
     and DeepSpeed would load the wrong slices (or fail deep inside). Stage 0 replicates the state: it resumes.
     """
-    saved_world = torch.load(worker_file(directory, 0), map_location="cpu", weights_only=False).get("world_size")
+    first = torch.load(worker_file(directory, 0), map_location="cpu", weights_only=False)  # rank 0's file
+    saved_world = first.get("world_size")
     stage = engine.zero_optimization_stage()
     if saved_world is not None and saved_world != world_size and stage >= 1:
         raise RuntimeError(f"checkpoint {directory} was written by {saved_world} workers under ZeRO stage {stage}: its "
@@ -111,11 +112,11 @@ def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -
         raise FileNotFoundError(f"no DeepSpeed state under {directory}/{STATE_TAG}")
     restore_position(scheduler, client_state["scheduler"])  # the step; the schedule is this run's config
     own = worker_file(directory, rank)
-    same_world = client_state.get("world_size") == world_size and own.exists()
+    same_world = saved_world == world_size and own.exists()
     if not same_world:
         log.warning("checkpoint written by %s workers, resuming with %s: data position of rank 0 is used and the "
-                    "sample order differs from an uninterrupted run", client_state.get("world_size"), world_size)
-    saved = torch.load(own if same_world else worker_file(directory, 0), map_location="cpu", weights_only=False)
+                    "sample order differs from an uninterrupted run", saved_world, world_size)
+    saved = torch.load(own, map_location="cpu", weights_only=False) if same_world and rank != 0 else first
     if same_world:
         set_rng_state(saved["rng"])
     return TrainState(**saved["train_state"])
