@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(1, str(Path(__file__).resolve().parent))  # sibling jobs (pretrain) for the e2e benchmark
 
 BENCHMARKS = {
-    "soft_dtw": "kernels.soft_dtw.benchmark:main",
-    "kernels": "kernels.benchmark:main",
+    "soft_dtw": "instraction.kernels.soft_dtw.benchmark:main",
+    "kernels": "instraction.kernels.benchmark:main",
     "data": "instraction.data.benchmark:main",
     "curation": "instraction.curation.benchmark:main",
     "train": "instraction.train.benchmark:main",

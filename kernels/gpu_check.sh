@@ -21,5 +21,5 @@ done
 wait
 tail -n 5 "$out"/tests_*.txt
 timeout "${SDTW_S:-200}" "$py" jobs/benchmark.py soft_dtw --gpu ${SDTW_ARGS:-} 2>&1 | tee "$out/soft_dtw.txt"
-timeout "${BANDED_S:-200}" "$py" -c 'import sys; from kernels.banded_attention.benchmark import run_gpu; sys.exit(run_gpu(sys.argv[1:]))' \
+timeout "${BANDED_S:-200}" "$py" -c 'import sys; from instraction.kernels.banded_attention.benchmark import run_gpu; sys.exit(run_gpu(sys.argv[1:]))' \
     ${BANDED_ARGS:-} 2>&1 | tee "$out/banded.txt"

@@ -11,10 +11,10 @@ from fractions import Fraction
 import pytest
 import torch
 
-import kernels
-from kernels.banded_attention import band, band_mask, banded_cross_attention, banded_cross_attention_reference
-from kernels.banded_attention.benchmark import Shape, flex_block_mask, make_inputs
-from kernels.banded_attention.reference import latent_range
+from instraction import kernels
+from instraction.kernels.banded_attention import band, band_mask, banded_cross_attention, banded_cross_attention_reference
+from instraction.kernels.banded_attention.benchmark import Shape, flex_block_mask, make_inputs
+from instraction.kernels.banded_attention.reference import latent_range
 
 # K < T, K = T, K > T, K not dividing T (and the reverse); window 0, small, wider than the clip.
 LATENTS, FRAMES, WINDOWS = (1, 2, 5, 8, 13, 64), (1, 3, 7, 8, 32), (0, 1, 2, 40)

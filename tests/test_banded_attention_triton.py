@@ -16,10 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.banded_attention import banded_cross_attention, band
-from kernels.banded_attention.benchmark import INTERPRETER_SHAPES, Shape, forward_backward, max_errors, shape_inputs
-from kernels.banded_attention.reference import banded_cross_attention_reference, latent_range
-from kernels.banded_attention.triton import banded_cross_attention_triton
+from instraction.kernels.banded_attention import banded_cross_attention, band
+from instraction.kernels.banded_attention.benchmark import INTERPRETER_SHAPES, Shape, forward_backward, max_errors, shape_inputs
+from instraction.kernels.banded_attention.reference import banded_cross_attention_reference, latent_range
+from instraction.kernels.banded_attention.triton import banded_cross_attention_triton
 
 TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
+from instraction import kernels
 from instraction.losses import (
     ContrastiveLoss,
     DistillLoss,

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from instraction.model.perceiver import ActionPerceiver
-from kernels.banded_attention import band
+from instraction.kernels.banded_attention import band
 
 C, K, T, P = 16, 4, 8, 3
 

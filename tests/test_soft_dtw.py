@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
-from kernels.soft_dtw import reference
-from kernels.soft_dtw.benchmark import random_cost
-from kernels.soft_dtw.reference import soft_dtw_torch
+from instraction import kernels
+from instraction.kernels.soft_dtw import reference
+from instraction.kernels.soft_dtw.benchmark import random_cost
+from instraction.kernels.soft_dtw.reference import soft_dtw_torch
 
 
 def brute_force(cost: np.ndarray, gamma: float) -> tuple[float, np.ndarray]:

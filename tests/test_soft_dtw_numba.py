@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
-from kernels.soft_dtw.benchmark import random_cost
-from kernels.soft_dtw.reference import soft_dtw_torch
+from instraction import kernels
+from instraction.kernels.soft_dtw.benchmark import random_cost
+from instraction.kernels.soft_dtw.reference import soft_dtw_torch
 
 pytest.importorskip("numba")
-from kernels.soft_dtw.cpu import soft_dtw_numba  # noqa: E402
+from instraction.kernels.soft_dtw.cpu import soft_dtw_numba  # noqa: E402
 from tests.test_soft_dtw import brute_force, delannoy  # noqa: E402
 
 
@@ -136,7 +136,7 @@ def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
     """Both loop orders of the forward's per-row copy [B,N,M] row i -> [M,B_padded] (rows of <= 32 / longer rows):
     scaled costs inside each pair's lengths, exact zeros outside them, whatever the buffer held before; the padding
     pairs' columns are not touched (the forward zeroes them once)."""
-    from kernels.soft_dtw.cpu import _LANES, _cost_row
+    from instraction.kernels.soft_dtw.cpu import _LANES, _cost_row
 
     rng = np.random.default_rng(b * n * m)
     cost = rng.random((b, n, m))
@@ -165,7 +165,7 @@ def test_no_writable_cache_location_compiles_instead_of_failing_the_import(tmp_p
 
     cost = random_cost(3, 5, 4, seed=7)
     torch.save(cost, tmp_path / "cost.pt")
-    script = ("import json, sys, torch; from kernels.soft_dtw.cpu import soft_dtw_numba; "
+    script = ("import json, sys, torch; from instraction.kernels.soft_dtw.cpu import soft_dtw_numba; "
               "print(json.dumps(soft_dtw_numba(torch.load(sys.argv[1]), 0.3).tolist()))")
     env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
     env.pop("NUMBA_CACHE_DIR", None)

@@ -22,10 +22,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
-from kernels.soft_dtw.benchmark import random_cost as shared_random_cost
-from kernels.soft_dtw.reference import soft_dtw_torch
-from kernels.soft_dtw.triton import soft_dtw_triton
+from instraction import kernels
+from instraction.kernels.soft_dtw.benchmark import random_cost as shared_random_cost
+from instraction.kernels.soft_dtw.reference import soft_dtw_torch
+from instraction.kernels.soft_dtw.triton import soft_dtw_triton
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -116,7 +116,7 @@ def test_public_dispatch(device):
 
 
 def test_autotuning_prunes_narrow_tiles_on_long_sequences():
-    from kernels.soft_dtw.triton import _CUDA_CONFIGS, prune_configs
+    from instraction.kernels.soft_dtw.triton import _CUDA_CONFIGS, prune_configs
 
     assert prune_configs(_CUDA_CONFIGS, {"N": 1024}) == _CUDA_CONFIGS
     long = prune_configs(_CUDA_CONFIGS, {"N": 4096})
@@ -127,7 +127,7 @@ def test_autotuning_prunes_narrow_tiles_on_long_sequences():
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_without_gradient_saves_nothing_and_agrees_bit_for_bit(device):
     """No grad needed: the forward is compiled without the weight stores, the value must not change."""
-    from kernels.soft_dtw import triton as sdtw_triton
+    from instraction.kernels.soft_dtw import triton as sdtw_triton
 
     cost = random_cost(4, 21, 13, seed=5, device=device)
     lengths_n, lengths_m = torch.tensor([21, 3, 17, 1], device=device), torch.tensor([13, 13, 2, 5], device=device)

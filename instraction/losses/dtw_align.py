@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from instraction import kernels
 
 __all__ = ["DTWAlignLoss", "alignment_cost", "reverse_verbs_index"]
 

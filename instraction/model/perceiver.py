@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from kernels.banded_attention import band
+from instraction import kernels
+from instraction.kernels.banded_attention import band
 
 __all__ = ["ActionPerceiver", "PerceiverLayer"]
 

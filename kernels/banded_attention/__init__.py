@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from kernels.banded_attention.reference import band, band_mask, banded_cross_attention_reference, check_inputs
+from instraction.kernels.banded_attention.reference import band, band_mask, banded_cross_attention_reference, check_inputs
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -60,6 +60,6 @@ def banded_cross_attention(
         return banded_cross_attention_reference(q, k, v, frames, window, scale)
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
-    from kernels.banded_attention.triton import banded_cross_attention_triton
+    from instraction.kernels.banded_attention.triton import banded_cross_attention_triton
 
     return banded_cross_attention_triton(q, k, v, frames, window, scale)

@@ -2,8 +2,8 @@
 masked SDPA, forward and forward+backward, time and peak memory, as ratios measured side by side.
 
     python jobs/benchmark.py kernels                      # both ops (GPU; interpreter correctness check on CPU)
-    python -m kernels.banded_attention.benchmark --help   # this op only
-    python -m kernels.banded_attention.benchmark --windows 1 4 --dtype float16 --batch 8
+    python -m instraction.kernels.banded_attention.benchmark --help   # this op only
+    python -m instraction.kernels.banded_attention.benchmark --windows 1 4 --dtype float16 --batch 8
 
 Goals on the paper shape (K=64 latents, T=32 frames, P=196 tokens/frame, B=32, H=12, D=64): >= 1.5x faster
 than FlexAttention and >= 4x faster than masked SDPA for forward+backward. Without a GPU it says so and runs
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.banded_attention.reference import band, band_mask, banded_cross_attention_reference
+from instraction.kernels.banded_attention.reference import band, band_mask, banded_cross_attention_reference
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def forward_backward(fn, q, k, v, do):
 
 def max_errors(shape: Shape, dtype=torch.float32, device="cpu", blocks=None) -> dict[str, float]:
     """Max abs error of the Triton output and gradients vs the fp32 reference on the same (rounded) inputs."""
-    from kernels.banded_attention.triton import banded_cross_attention_triton
+    from instraction.kernels.banded_attention.triton import banded_cross_attention_triton
 
     q, k, v, do = shape_inputs(shape, dtype, device)
     got = forward_backward(lambda a, b, c: banded_cross_attention_triton(a, b, c, shape.T, shape.window,
@@ -99,7 +99,7 @@ def gpu_methods(shape: Shape, device) -> dict:
     """name -> fn(q, k, v) computing the same banded attention (FlexAttention compiled, as it is meant to run)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    from kernels.banded_attention.triton import banded_cross_attention_triton
+    from instraction.kernels.banded_attention.triton import banded_cross_attention_triton
 
     K, T, P, w = shape.K, shape.T, shape.P, shape.window
     flex = torch.compile(flex_attention, dynamic=False)

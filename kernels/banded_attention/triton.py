@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.banded_attention.reference import banded_cross_attention_reference, check_inputs
+from instraction.kernels.banded_attention.reference import banded_cross_attention_reference, check_inputs
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.soft_dtw.reference import check_inputs, soft_dtw_torch
+from instraction.kernels.soft_dtw.reference import check_inputs, soft_dtw_torch
 
 __all__ = ["soft_dtw"]
 
@@ -50,10 +50,10 @@ def soft_dtw(cost: torch.Tensor, gamma: float = 1.0, lengths_n: torch.Tensor | N
     if backend == "torch":
         return soft_dtw_torch(cost, gamma, lengths_n, lengths_m)
     if backend == "numba":
-        from kernels.soft_dtw.cpu import soft_dtw_numba  # imports numba only when asked for
+        from instraction.kernels.soft_dtw.cpu import soft_dtw_numba  # imports numba only when asked for
 
         return soft_dtw_numba(cost, gamma, lengths_n, lengths_m)
-    from kernels.soft_dtw.triton import soft_dtw_triton  # imports triton only when asked for
+    from instraction.kernels.soft_dtw.triton import soft_dtw_triton  # imports triton only when asked for
 
     lengths_n, lengths_m = check_inputs(cost, gamma, lengths_n, lengths_m)
     return soft_dtw_triton(cost, float(gamma), lengths_n, lengths_m)

@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         pass
     if ns.threads:
         torch.set_num_threads(ns.threads)
-    import kernels
-    from kernels.soft_dtw.reference import soft_dtw_torch
+    from instraction import kernels
+    from instraction.kernels.soft_dtw.reference import soft_dtw_torch
 
     dtype = getattr(torch, ns.dtype)
     ours = {"ours": lambda c: kernels.soft_dtw(c, ns.gamma), "torch": lambda c: soft_dtw_torch(c, ns.gamma)}
@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
 def _interpreter_check() -> int:
     """Triton kernels in the interpreter vs the torch backend on small odd shapes (correctness only)."""
     os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.soft_dtw.reference import soft_dtw_torch
-    from kernels.soft_dtw.triton import soft_dtw_triton
+    from instraction.kernels.soft_dtw.reference import soft_dtw_torch
+    from instraction.kernels.soft_dtw.triton import soft_dtw_triton
 
     worst = 0.0
     for b, n, m in [(4, 9, 7), (3, 33, 17), (2, 1, 5)]:
@@ -207,8 +207,8 @@ def run_gpu(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("soft-DTW GPU benchmark needs a CUDA GPU: no timings; Triton interpreter correctness check instead")
         return _interpreter_check()
-    from kernels.soft_dtw.reference import soft_dtw_torch
-    from kernels.soft_dtw.triton import soft_dtw_triton, tuned_configs
+    from instraction.kernels.soft_dtw.reference import soft_dtw_torch
+    from instraction.kernels.soft_dtw.triton import soft_dtw_triton, tuned_configs
 
     # name -> (fwd fn, bytes per cell: cost, grad and saved state; triton: 2 fp32 weights, torch: ~9 skewed buffers)
     impls = {"triton": (lambda c: soft_dtw_triton(c, ns.gamma), 20),

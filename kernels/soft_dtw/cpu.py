@@ -321,7 +321,7 @@ def soft_dtw_numba(cost: torch.Tensor, gamma: float = 1.0, lengths_n=None, lengt
     Returns:
         [B] in cost.dtype: R[n_b, m_b].
     """
-    from kernels.soft_dtw.reference import check_inputs
+    from instraction.kernels.soft_dtw.reference import check_inputs
 
     if cost.device.type != "cpu":
         raise ValueError(f"soft_dtw: the numba backend needs a CPU tensor, got {cost.device}")

@@ -19,7 +19,7 @@ import torch
 
 def _soft_dtw_gpu(argv: list[str]) -> int:
     try:  # written by another owner; may not exist yet on a given checkout
-        module = importlib.import_module("kernels.soft_dtw.benchmark")
+        module = importlib.import_module("instraction.kernels.soft_dtw.benchmark")
     except ImportError as err:
         print(f"\nsoft-DTW GPU benchmark skipped: kernels.soft_dtw.benchmark not importable ({err})")
         return 0
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("kernels benchmark: no CUDA GPU on this machine - no timings; interpreter correctness check instead")
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before kernels.banded_attention.triton is imported
-    from kernels.banded_attention import benchmark as banded
+    from instraction.kernels.banded_attention import benchmark as banded
 
     if "-h" in argv or "--help" in argv:
         print(__doc__)
