@@ -5,6 +5,7 @@
     python jobs/benchmark.py data         # Ray Data read+decode+sample pipeline vs raw PyAV / decord decoding
     python jobs/benchmark.py curation     # rules backend captions/s; hf backend vs raw generate
     python jobs/benchmark.py train        # Ray Train + DeepSpeed ZeRO-2 (2 workers) vs a plain PyTorch loop
+    python jobs/benchmark.py step         # the paper-scale training step on one GPU (--tiny: default model, CPU)
     python jobs/benchmark.py e2e          # wall time per stage and peak memory of the default run
 
 Extra arguments go to the benchmark (``--help`` after the name lists them). Each benchmark lives beside the code
@@ -27,6 +28,7 @@ BENCHMARKS = {
     "data": "instraction.data.benchmark:main",
     "curation": "instraction.curation.benchmark:main",
     "train": "instraction.train.benchmark:main",
+    "step": "instraction.train.step_benchmark:main",
     "e2e": "pretrain:benchmark",  # jobs/pretrain.py: it starts Ray like the main job
 }
 

@@ -29,8 +29,9 @@ def _sentences(n: int, max_len: int, vocab_size: int, gen: torch.Generator, min_
     return ids, ids != PAD_ID
 
 
-def make_dummy_batch(cfg, vocab_size: int, batch_size: int, seed: int = 0) -> dict:
-    """A deterministic random batch shaped by ``cfg.data`` (a run :class:`instraction.config.Config`).
+def make_dummy_batch(cfg, vocab_size: int, batch_size: int, seed: int = 0, all_negatives: bool = False) -> dict:
+    """A deterministic random batch shaped by ``cfg.data`` (a run :class:`instraction.config.Config`);
+    ``all_negatives`` gives every clip ``data.max_negatives`` hard negatives (the paper-scale step benchmark).
 
     Returns video float [B,T,3,H,W]; text_ids/text_mask [B,L]; neg_ids [B,Nn,L], neg_mask bool [B,Nn];
     verb_ids/verb_mask [B,M,Lv], verb_count long [B]; mam_ids/mam_labels [B,L]; key list[str].
@@ -46,7 +47,7 @@ def make_dummy_batch(cfg, vocab_size: int, batch_size: int, seed: int = 0) -> di
     neg_ids = torch.full((b, nn_, length), PAD_ID, dtype=torch.long)
     neg_mask = torch.zeros(b, nn_, dtype=torch.bool)
     for row in range(b):
-        count = row % (nn_ + 1)
+        count = nn_ if all_negatives else row % (nn_ + 1)
         if count:
             neg_ids[row, :count], _ = _sentences(count, length, vocab_size, gen)
             neg_mask[row, :count] = True

@@ -139,27 +139,9 @@ class Trainer:
 
     def step(self, batch: dict) -> dict[str, float]:
         """One training step; returns rank-averaged ``loss`` and ``*_loss``, rank 0's diagnostics, lr, grad_norm."""
-        out = self.engine(batch)
-        names = sorted(k for k in out if k == "loss" or k.endswith("_loss"))  # fixed by the model contract
-        losses = torch.stack([out[k].detach().float().reshape(()) for k in names])
-        dist.all_reduce(losses)  # a NaN on any rank reaches every rank: all take the same branch below
-        values = dict(zip(names, (losses / self.world).tolist()))
         lr = self.optimizer.param_groups[0]["lr"]
-        grad_norm, applied = float("nan"), False
-        if all(math.isfinite(v) for v in values.values()):
-            self.engine.backward(out["loss"])
-            if self.plain:  # fp32 ZeRO-0: the gradients are all-reduced; clip and check them here
-                grad_norm = clip_plain_gradients(self.engine, self.cfg.train.grad_clip)
-                if math.isfinite(grad_norm):
-                    self.engine.step()
-                    applied = True
-                else:
-                    self.engine.zero_grad()
-            else:
-                self.engine.step()
-                applied = self.engine.was_step_applied()
-                norm = self.engine.get_global_grad_norm()
-                grad_norm = float(norm) if norm is not None else float("nan")
+        out = self.engine(batch)
+        values, grad_norm, applied = optimizer_step(self.engine, out, self.world, self.plain, self.cfg.train.grad_clip)
         self.scheduler.step()
         if applied:
             self.state.consecutive_nonfinite = 0
@@ -218,3 +200,32 @@ class Trainer:
         with fs.open(path, "w") as f:
             f.write(str(os.getpid()))
         raise RuntimeError(f"train.fail_at_step={self.state.step}: injected worker failure")
+
+
+def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float) -> tuple[dict[str, float], float, bool]:
+    """Backward and optimizer step of one training step, given the model's output dict ``out``.
+
+    Returns (rank-averaged ``loss`` and ``*_loss`` values, gradient norm, whether the step was applied). A step
+    whose loss is not finite on any rank is skipped on every rank (the all-reduce gives all the same values).
+    Shared by :class:`Trainer` and the single-GPU step benchmark (``instraction.train.step_benchmark``).
+    """
+    names = sorted(k for k in out if k == "loss" or k.endswith("_loss"))  # fixed by the model contract
+    losses = torch.stack([out[k].detach().float().reshape(()) for k in names])
+    dist.all_reduce(losses)  # a NaN on any rank reaches every rank: all take the same branch below
+    values = dict(zip(names, (losses / world).tolist()))
+    grad_norm, applied = float("nan"), False
+    if all(math.isfinite(v) for v in values.values()):
+        engine.backward(out["loss"])
+        if plain:  # fp32 ZeRO-0: the gradients are all-reduced; clip and check them here
+            grad_norm = clip_plain_gradients(engine, grad_clip)
+            if math.isfinite(grad_norm):
+                engine.step()
+                applied = True
+            else:
+                engine.zero_grad()
+        else:
+            engine.step()
+            applied = engine.was_step_applied()
+            norm = engine.get_global_grad_norm()
+            grad_norm = float(norm) if norm is not None else float("nan")
+    return values, grad_norm, applied

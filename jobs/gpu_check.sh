@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The GPU acceptance run, in one go, from a plain copy of the repository (no install of the project needed):
+#   bash jobs/gpu_wheels.sh WHEEL_DIR        # here, with pip and the network: the packages a bare GPU image lacks
+#   bash jobs/gpu_check.sh WHEEL_DIR OUT_DIR # there, on a CUDA machine whose python3 has torch and triton
+# Steps, each time-boxed (seconds in brackets, overridable by the variables named), every line timestamped:
+#   1. the wheels into a temporary target; versions and the GPU                      -> OUT/gpu.txt      (60)
+#   2. the compiled kernel tests (-k cuda), both files side by side in the background -> OUT/tests_*.txt (STEP_TESTS_S 200)
+#   3. the paper-scale step benchmark and the learning check (jobs/benchmark.py step) -> OUT/step.txt, step.json
+#                                                                                        (STEP_S 270)
+#   4. the soft-DTW GPU benchmark (after the tests finish: a quiet GPU)               -> OUT/soft_dtw.txt (SDTW_S 90)
+#   5. the banded-attention GPU benchmark                                             -> OUT/banded.txt   (BANDED_S 110)
+# Seven files, one folder. The whole run fits in 8 minutes on an H200. Exit status: the number of failed steps.
+set -u
+wheels=${1:?usage: bash jobs/gpu_check.sh WHEEL_DIR OUT_DIR}
+out=${2:?usage: bash jobs/gpu_check.sh WHEEL_DIR OUT_DIR}
+cd "$(dirname "$0")/.." || exit 1
+mkdir -p "$out"
+py=${PYTHON:-python3}
+start=$SECONDS
+say() { echo "[$(date +%H:%M:%S) +$((SECONDS - start))s] $*"; }
+failed=0
+run() {  # run NAME SECONDS LOG CMD...: time-boxed, output to the log and (prefixed) to stdout as it comes
+  local name=$1 limit=$2 log=$3; shift 3
+  say "$name: start (limit ${limit}s)"
+  timeout "$limit" "$@" > >(tee "$log") 2>&1
+  local rc=$?
+  [ "$rc" -eq 124 ] && say "$name: TIMED OUT after ${limit}s" || say "$name: exit $rc"
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
+}
+
+site=$(mktemp -d)/site
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+{
+  say "installing $(ls "$wheels"/*.whl 2>/dev/null | wc -l) wheels from $wheels"
+  timeout 60 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$wheels"/*.whl \
+    || say "wheel install FAILED"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  timeout 60 "$py" -c 'import torch, triton, deepspeed, omegaconf
+print("python", __import__("sys").version.split()[0], "torch", torch.__version__, "triton", triton.__version__,
+      "deepspeed", deepspeed.__version__, "omegaconf", omegaconf.__version__, "gpus", torch.cuda.device_count())'
+  nproc
+} 2>&1 | tee "$out/gpu.txt"
+
+say "kernel tests: start in the background (limit ${STEP_TESTS_S:-200}s)"
+tests=()
+for t in soft_dtw banded_attention; do
+  timeout "${STEP_TESTS_S:-200}" "$py" -m pytest -q -p no:cacheprovider -k cuda "tests/test_${t}_triton.py" \
+    > "$out/tests_$t.txt" 2>&1 &
+  tests+=($!)
+done
+
+run "step benchmark" "${STEP_S:-270}" "$out/step.txt" \
+  "$py" jobs/benchmark.py step --learn 40 --budget-s "${STEP_BUDGET_S:-150}" --out "$out/step.json" ${STEP_ARGS:-}
+
+say "waiting for the kernel tests"
+for pid in "${tests[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+for t in soft_dtw banded_attention; do say "tests_$t: $(tail -n 1 "$out/tests_$t.txt")"; done
+
+run "soft-DTW benchmark" "${SDTW_S:-90}" "$out/soft_dtw.txt" "$py" jobs/benchmark.py soft_dtw --gpu ${SDTW_ARGS:-}
+run "banded-attention benchmark" "${BANDED_S:-110}" "$out/banded.txt" \
+  "$py" -m instraction.kernels.banded_attention.benchmark ${BANDED_ARGS:-}
+say "done: $failed failed step(s)"
+exit "$failed"
