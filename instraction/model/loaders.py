@@ -3,8 +3,9 @@
 Nothing here unpickles code: safetensors files are read with the safetensors library and ``.pth``/``.bin`` files
 with ``torch.load(weights_only=True)``. Each loader renames the checkpoint's keys onto the towers' names
 (:mod:`instraction.model.backbone` follows OpenAI CLIP / ViCLIP, so ViCLIP maps by prefix and HF CLIP by a small
-table plus q/k/v concatenation), resizes positional embeddings whose length differs (with a warning), refuses
-any other shape mismatch with an error naming the key, and returns a report:
+table plus q/k/v concatenation), resizes positional embeddings whose length differs (with a warning), keeps the
+tower's rows for token ids our tokenizer added (a note), refuses any other shape mismatch with an error naming
+the key, and returns a report:
 
     {"format", "path", "video": {"loaded", "missing", "unexpected"}, "text": {...}, "missing", "unexpected"
      (tower-prefixed), "skipped" (checkpoint keys deliberately unused), "warnings", "notes", "logit_scale",
@@ -193,6 +194,22 @@ _RESIZERS: dict[tuple[str, str], Callable[[torch.Tensor, torch.Size], torch.Tens
 }
 
 
+# Token ids instraction's tokenizer may append to the checkpoint's vocabulary: HFTokenizer adds "<mask>" to a
+# tokenizer without one (CLIP's, so ViCLIP's and HF CLIP's 49408 rows meet a 49409-row tower). Any other
+# difference means another tokenizer and stays an error.
+_ADDED_TOKENS = 1
+
+
+def _grow_vocab(value: torch.Tensor, current: torch.Tensor, ckpt_key: str, report: dict) -> torch.Tensor:
+    """Checkpoint token rows first, the tower's own (initialised) rows for the ids the tokenizer added after."""
+    extra = current.shape[0] - value.shape[0]
+    if value.ndim != 2 or value.shape[1] != current.shape[1] or not 0 < extra <= _ADDED_TOKENS:
+        return value
+    report["notes"].append(f"text.token_embedding.weight: rows {value.shape[0]}..{current.shape[0] - 1} are "
+                           f"tokens the tokenizer added (not in {ckpt_key}): kept at their initialisation")
+    return torch.cat([value.to(current.dtype), current[value.shape[0]:]])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Assigning mapped tensors to a tower.
 
@@ -206,6 +223,8 @@ def _assign(tower: nn.Module, name: str, mapped: Mapped, fmt: str, report: dict)
             unexpected.append(ckpt_key)
             continue
         target = own[ours].shape
+        if name == "text" and ours == "token_embedding.weight" and value.shape != target:
+            value = _grow_vocab(value, own[ours], ckpt_key, report)
         resizable = (name, ours) in _RESIZERS and value.ndim == len(target) and value.shape[-1] == target[-1]
         if value.shape != target and resizable:
             old = tuple(value.shape)
@@ -340,13 +359,14 @@ def load_viclip(path: str | Path, video_tower: Optional[nn.Module], text_tower: 
 
 
 def detect_format(path: str | Path) -> str:
-    """``hf_clip`` for a directory holding config.json, ``viclip`` for a .pth/.pt/.bin file."""
+    """``hf_clip`` for a directory holding config.json, ``viclip`` for a .pth/.pt/.bin/.safetensors file."""
     p = Path(path)
     if p.is_dir() and (p / "config.json").exists():
         return "hf_clip"
-    if p.is_file() and p.suffix in (".pth", ".pt", ".bin"):
-        return "viclip"
-    raise CheckpointError(f"cannot tell the format of {path}: want a HF CLIP directory (config.json) or a ViCLIP .pth")
+    if p.is_file() and p.suffix in (".pth", ".pt", ".bin", ".safetensors"):
+        return "viclip"  # a lone weights file: HF CLIP comes as a directory
+    raise CheckpointError(f"cannot tell the format of {path}: want a HF CLIP directory (config.json) or a ViCLIP "
+                          f".pth / .safetensors file")
 
 
 def load_pretrained(cfg: PretrainedConfig, video_tower: Optional[nn.Module], text_tower: Optional[nn.Module]) -> dict:
