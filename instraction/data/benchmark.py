@@ -171,43 +171,74 @@ def cores_needed(step_clips_per_s: float, decode_clips_per_s_per_core: float) ->
     return step_clips_per_s / decode_clips_per_s_per_core
 
 
-def _decode_run(data: bytes, windows, frames: int, size: int, planned: bool, frame_threads) -> tuple[dict, list]:
-    from instraction.data.video import decode_frames_variant
+PAPER_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "howto100m_viclip_b.yaml")
 
+
+def paper_cpu_budget(path: str = PAPER_CONFIG) -> dict:
+    """CPUs per GPU worker in the paper config: ``train.cpus_per_worker`` (the training worker's own reservation)
+    and the decode actors' share per GPU, ``data.decode_concurrency * data.decode_num_cpus / train.num_workers``."""
+    from instraction.config import load_config
+
+    cfg = load_config(path)
+    return {"cpus_per_worker": cfg.train.cpus_per_worker, "num_workers": cfg.train.num_workers,
+            "decode_cpus_per_gpu": cfg.data.decode_concurrency * cfg.data.decode_num_cpus / cfg.train.num_workers}
+
+
+def _decode_run(data: bytes, windows, frames: int, size: int, path: str, frame_threads) -> tuple[dict, list]:
+    from instraction.data.video import decode_frames_decord, decode_frames_variant
+
+    if path == "decord":
+        fn = decode_frames_decord
+    else:
+        fn = lambda *a: decode_frames_variant(*a, planned=path == "planned", frame_threads=frame_threads)  # noqa: E731
     cpu0, wall0 = time.process_time(), time.perf_counter()  # process CPU time counts FFmpeg's threads too
-    outs = [decode_frames_variant(data, frames, size, a, b, planned=planned, frame_threads=frame_threads)
-            for a, b in windows]
+    outs = [fn(data, frames, size, a, b) for a, b in windows]
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return {"clips_per_cpu_s": len(windows) / max(cpu, 1e-9), "clips_per_s": len(windows) / max(wall, 1e-9)}, outs
+
+
+def _mean_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(np.mean([np.abs(x.astype(np.int16) - y.astype(np.int16)).mean() for x, y in zip(a, b)]))
 
 
 def paper_decode_rates(clips: int = 12, seconds: float = 12.0, frames: int = 8, size: int = 224, seed: int = 0,
                        cpus: Optional[int] = None, data: Optional[bytes] = None) -> dict:
     """Decode rates at paper settings in this process: ``{"video_kbps", "clips", "one_core": {"reference",
-    "planned"}, "threads": {...}, "mean_abs_diff", "outs"}``, each rate ``{"clips_per_cpu_s", "clips_per_s"}``.
+    "planned", "decord"?}, "threads": {"reference", "planned"}, "mean_abs_diff": {path: levels}, "outs"}``, each
+    rate ``{"clips_per_cpu_s", "clips_per_s"}``.
 
-    ``one_core``: pinned to one core, one decoding thread (clips per CPU-second = clips/s per core).
-    ``threads``: the default thread settings on ``cpus`` cores of this process's affinity (all when None).
-    Both paths decode the same windows, warmed up once; ``mean_abs_diff`` is planned vs reference in pixel levels.
+    ``one_core``: pinned to one core, one decoding thread (clips per CPU-second = clips/s per core); decord too
+    when installed. ``threads``: the default thread settings on ``cpus`` cores of this process's affinity (all
+    when None). Every path decodes the same windows, warmed up once; ``mean_abs_diff`` is against the reference
+    in pixel levels; ``outs`` the planned path's clips.
     """
     data = data if data is not None else realistic_video(seconds, seed=seed)
     windows = random_windows(seconds, clips, seed=seed)
     allowed = sorted(os.sched_getaffinity(0))
-    out: dict = {"video_kbps": len(data) * 8 / seconds / 1e3, "clips": clips, "one_core": {}, "threads": {}}
     try:
-        for mode, cores, threads in (("one_core", allowed[:1], False), ("threads", allowed[: cpus or None], None)):
+        import decord  # noqa: F401
+
+        one_core_paths = ("reference", "planned", "decord")
+    except ImportError:
+        one_core_paths = ("reference", "planned")
+    out: dict = {"video_kbps": len(data) * 8 / seconds / 1e3, "clips": clips, "one_core": {}, "threads": {},
+                 "mean_abs_diff": {}}
+    decoded: dict[str, list] = {}
+    try:
+        for mode, cores, threads, paths in (("one_core", allowed[:1], False, one_core_paths),
+                                            ("threads", allowed[: cpus or None], None, ("reference", "planned"))):
             os.sched_setaffinity(0, cores)  # FFmpeg sizes its thread pools by this affinity
-            for planned in (False, True):
-                _decode_run(data, windows[:1], frames, size, planned, threads)  # warm-up
-            for planned in (False, True):
-                rate, outs = _decode_run(data, windows, frames, size, planned, threads)
-                out[mode]["planned" if planned else "reference"] = rate
-                out[mode]["cores"] = len(cores)
-                out["outs" if planned else "reference_outs"] = outs
+            out[mode]["cores"] = len(cores)
+            for path in paths:
+                _decode_run(data, windows[:1], frames, size, path, threads)  # warm-up
+            for path in paths:
+                out[mode][path], decoded[path] = _decode_run(data, windows, frames, size, path, threads)
     finally:
         os.sched_setaffinity(0, allowed)
-    out["mean_abs_diff"] = float(np.mean([np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()
-                                          for a, b in zip(out["outs"], out.pop("reference_outs"))]))
+    for path in decoded:
+        if path != "reference":
+            out["mean_abs_diff"][path] = _mean_abs_diff(decoded[path], decoded["reference"])
+    out["outs"] = decoded["planned"]
     return out
 
 
@@ -239,8 +270,7 @@ def frames_store_cost(clips: list[np.ndarray], quality: int = 90) -> dict:
     return {"jpeg_bytes": float(np.mean([sum(map(len, b)) for b in blobs])), "raw_bytes": float(clips[0].nbytes),
             "encode_clips_per_cpu_s": len(clips) / max(enc, 1e-9),
             "decode_clips_per_cpu_s": reps * len(clips) / max(dec, 1e-9),
-            "mean_abs_diff": float(np.mean([np.abs(a.astype(np.int16) - b.astype(np.int16)).mean()
-                                            for a, b in zip(back, clips)]))}
+            "mean_abs_diff": _mean_abs_diff(back, clips)}
 
 
 def report_paper_decode(args) -> dict:
@@ -258,13 +288,18 @@ def report_paper_decode(args) -> dict:
               f"   planned {new['clips_per_cpu_s']:5.2f} ({new['clips_per_s']:5.2f}/s)"
               f"   ratio {new['clips_per_cpu_s'] / ref['clips_per_cpu_s']:.2f} per CPU-s, "
               f"{new['clips_per_s'] / ref['clips_per_s']:.2f} wall", flush=True)
-    print(f"  planned vs reference pixels: mean abs diff {r['mean_abs_diff']:.4f} levels")
+    if "decord" in r["one_core"]:
+        d = r["one_core"]["decord"]
+        print(f"  {'one core, decord':28s} {d['clips_per_cpu_s']:5.2f} clips per CPU-s (mean abs diff vs reference "
+              f"{r['mean_abs_diff']['decord']:.2f} levels: its own YUV->RGB before the resize)")
+    print(f"  planned vs reference pixels: mean abs diff {r['mean_abs_diff']['planned']:.4f} levels")
     per_core = r["one_core"]["planned"]["clips_per_cpu_s"]
-    step = args.step_clips_per_s
+    step, budget = args.step_clips_per_s, paper_cpu_budget()
     print(f"  CPU cores per GPU needed at {step:.0f} clips/s per GPU (illustrative) = {step:.0f} / {per_core:.2f} = "
           f"{cores_needed(step, per_core):.1f} (reference: "
-          f"{cores_needed(step, r['one_core']['reference']['clips_per_cpu_s']):.1f}); "
-          f"configs/howto100m_viclip_b.yaml gives train.cpus_per_worker=8", flush=True)
+          f"{cores_needed(step, r['one_core']['reference']['clips_per_cpu_s']):.1f}); the paper config gives each of "
+          f"its {budget['num_workers']} GPU workers train.cpus_per_worker={budget['cpus_per_worker']:g} and "
+          f"{budget['decode_cpus_per_gpu']:g} decode-actor CPUs", flush=True)
     try:
         store = frames_store_cost(r["outs"])
     except ImportError as err:
