@@ -472,7 +472,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--paper-clips", type=int, default=12, help="4 s windows decoded per path at paper settings")
     parser.add_argument("--paper-seconds", type=float, default=12.0, help="length of the paper-settings video")
     parser.add_argument("--step-clips-per-s", type=float, default=300.0,
-                        help="GPU consumption for the cores-per-GPU line (illustrative; the step benchmark measures it)")
+                        help="GPU clips/s for the cores-per-GPU line (illustrative; the step benchmark measures it)")
     args = parser.parse_args(argv)
 
     cores = sorted(os.sched_getaffinity(0))[: args.cpus]
