@@ -196,6 +196,16 @@ def test_planned_path_raises_value_error_on_garbage():
             decode_frames(data, 8, 224, 1.0, 5.0)
 
 
+def test_cores_needed_and_the_paper_budget():
+    from instraction.data.benchmark import cores_needed, paper_cpu_budget
+
+    assert cores_needed(300.0, 6.0) == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        cores_needed(300.0, 0.0)
+    budget = paper_cpu_budget()  # configs/howto100m_viclip_b.yaml: 32 workers x 8 CPUs, 64 decode actors x 1 CPU
+    assert budget == {"cpus_per_worker": 8.0, "num_workers": 32, "decode_cpus_per_gpu": 2.0}
+
+
 @pytest.mark.parametrize("width,height", [(64, 48), (48, 64), (96, 64), (64, 96)])
 def test_resize_shorter_side_and_centre_crop(width, height):
     # three bands along the longer side: red | green | blue; the crop keeps the middle and clips both ends
