@@ -27,9 +27,9 @@ FPS = 8
 try:
     import decord  # noqa: F401
 
-    DECODERS = [decode_frames, video.decode_frames_decord]
+    DECODERS = [decode_frames, video.decode_frames_reference, video.decode_frames_decord]
 except ImportError:  # decord is optional (x86_64 wheels only)
-    DECODERS = [decode_frames]
+    DECODERS = [decode_frames, video.decode_frames_reference]
 
 
 def index_clip(n: int, keyint: int = 8, width: int = 32, height: int = 32) -> bytes:
@@ -98,10 +98,112 @@ def test_seek_decodes_only_near_the_window(monkeypatch):
             yield item
 
     monkeypatch.setattr(video, "_frame_times", counting)
-    out = decode_frames(data, 4, 32, start=25.0, end=27.0)
+    out = video.decode_frames_reference(data, 4, 32, start=25.0, end=27.0)
     assert decoded_index(out) == expected_index(240, 4, 25.0, 27.0)
     assert min(seen) >= 24.0 - 1e-6, "decoding started far before the window: no seek"
     assert len(seen) <= 8 + 16 + 1, f"decoded {len(seen)} frames for a 2 s window"
+
+
+def test_planned_path_reads_only_the_packets_near_the_window():
+    data = index_clip(240)  # 30 s, keyframe every 1 s
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        packets, past_end = video._window_packets(container, stream, 25.3, 27.0)
+    times = sorted(float(p.pts * stream.time_base) for p in packets)
+    assert past_end and times[0] == pytest.approx(25.0), "the packets do not start at the keyframe before the window"
+    assert len(packets) <= 8 * 2 + 2 and times[-2] <= 27.0 < times[-1]  # up to the first frame past the window
+
+
+# ------------------------------------------------------------------- the planned path on long-GOP video with B-frames
+def bit_clip(n: int, fps: int = FPS, keyint: int = 250) -> bytes:
+    """Frame i shows i in binary: 8 blocks of 16x8 px, black or white (robust to lossy coding). Encoded as YouTube
+    does, with B-frames (half of them non-reference, b-pyramid) and one keyframe per ``keyint`` frames."""
+    frames = np.zeros((n, 32, 32, 3), np.uint8)
+    for i in range(n):
+        for b in range(8):
+            frames[i, 16 * (b // 4): 16 * (b // 4) + 16, 8 * (b % 4): 8 * (b % 4) + 8] = 235 if i >> b & 1 else 16
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "medium", "crf": "18", "g": str(keyint), "sc_threshold": "0", "threads": "1",
+                          "x264-params": "bframes=3:b-adapt=0:b-pyramid=normal"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def bit_index(frames: np.ndarray) -> list[int]:
+    return [sum(1 << b for b in range(8) if f[16 * (b // 4) + 8, 8 * (b % 4) + 4].mean() > 128) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def bframe_clip() -> bytes:
+    data = bit_clip(96)  # 12 s, one keyframe (at 0)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        stream.codec_context.skip_frame = "NONREF"
+        kept = sum(1 for _ in container.decode(stream))
+    assert kept < 70, f"the clip should have non-reference frames to skip: {kept} of 96 are references"
+    return data
+
+
+@pytest.fixture
+def no_fallback(monkeypatch):
+    def fail(*args):
+        raise AssertionError("decode_frames fell back to the sequential decoder")
+
+    monkeypatch.setattr(video, "_decode_sequential", fail)
+
+
+@pytest.mark.parametrize("frame_threads", [False, True])
+@pytest.mark.parametrize("num_frames,start,end", [
+    (8, None, None), (8, 1.3, 5.3), (4, 7.1, 11.1), (5, 0.3, 2.9), (8, 2.5, 3.0), (6, 9.2, None), (1, 11.0, 12.0),
+])
+def test_planned_path_samples_the_rule_on_long_gop_bframes(bframe_clip, no_fallback, num_frames, start, end,
+                                                           frame_threads):
+    out = video.decode_frames_variant(bframe_clip, num_frames, 32, start, end, frame_threads=frame_threads)
+    assert out.shape == (num_frames, 32, 32, 3) and out.dtype == np.uint8
+    assert bit_index(out) == expected_index(96, num_frames, start, end)
+
+
+def test_planned_path_matches_the_reference_on_realistic_video(monkeypatch):
+    from instraction.data.benchmark import random_windows, realistic_video
+
+    seconds = 5.0
+    data = realistic_video(seconds, width=320, height=180, gop=250)  # busy content, B-frames, keyframe at 0 only
+    windows = [*random_windows(seconds, 3, seed=1), (None, None), (2.2, None)]
+    assert all(a is None or a > 0.1 for a, _ in windows)  # none starts at the keyframe
+    reference = [video.decode_frames_reference(data, 8, 112, a, b) for a, b in windows]
+    monkeypatch.setattr(video, "_decode_sequential", lambda *a: pytest.fail("fell back to the reference"))
+    for threads in (False, True):
+        for (a, b), ref in zip(windows, reference):
+            out = video.decode_frames_variant(data, 8, 112, a, b, frame_threads=threads)
+            assert out.shape == (8, 112, 112, 3) and out.dtype == np.uint8
+            assert np.array_equal(out, ref), f"window {a}-{b}, frame threads {threads}: pixels differ"
+
+
+def test_planned_path_raises_value_error_on_garbage():
+    for data in (b"\x00garbage" * 200, b"", bit_clip(16)[:300]):
+        with pytest.raises(ValueError):
+            decode_frames(data, 8, 224, 1.0, 5.0)
+
+
+def test_cores_needed_and_the_paper_budget():
+    from instraction.data.benchmark import cores_needed, paper_cpu_budget
+
+    assert cores_needed(300.0, 6.0) == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        cores_needed(300.0, 0.0)
+    budget = paper_cpu_budget()  # configs/howto100m_viclip_b.yaml: 32 workers x 8 CPUs, 64 decode actors x 1 CPU
+    assert budget == {"cpus_per_worker": 8.0, "num_workers": 32, "decode_cpus_per_gpu": 2.0}
 
 
 @pytest.mark.parametrize("width,height", [(64, 48), (48, 64), (96, 64), (64, 96)])

@@ -4,6 +4,14 @@ tokenise [+ collate]) against raw decoding of the same clips with PyAV (``decode
 
     python jobs/benchmark.py data                       # 2 cores, 768 clips of 4 s 640x360 @ 30 fps -> 8 x 224^2
     python jobs/benchmark.py data --cpus 4 --clips 512 --size 112 --whole-videos 8
+    python jobs/benchmark.py data --paper-only          # only the per-core decode rate at paper settings (~30 s)
+
+Paper settings first (every run; ``--paper-only`` stops there): decode clips per CPU-second of 4 s windows at
+random offsets (never at a keyframe) of an 854x480, 30 fps, 250-frame-GOP H.264 video of busy content, as YouTube
+serves HowTo100M (``realistic_video``), 8 frames at 224: the planned ``decode_frames`` against the sequential
+``decode_frames_reference`` on the same windows, pinned to one core, and with FFmpeg's threads on ``--cpus`` cores;
+plus what a store of the sampled frames would cost instead (JPEG / raw uint8 bytes per clip, read speed).
+``cores_needed(step_clips_per_s, decode_clips_per_s_per_core)`` turns a GPU step rate into CPU cores per GPU.
 
 Same cores: the process pins itself to ``--cpus`` cores (sched_setaffinity) before starting anything, so the raw
 decoders (a pool of ``--cpus`` processes) and Ray (``num_cpus=--cpus``; raylet, decode actors and read tasks
@@ -95,6 +103,216 @@ def build_dataset(root: str, args) -> list[tuple[bytes, Optional[float], Optiona
                 writer.write(samples[j])
             writer.close()
     return clips
+
+
+# ---------------------------------------------------------------------------------------------- paper settings
+
+
+def realistic_video(seconds: float = 12.0, fps: int = 30, width: int = 854, height: int = 480, gop: int = 250,
+                    seed: int = 0, maxrate_kbps: int = 1200) -> bytes:
+    """H.264 mp4 shaped like YouTube's 480p HowTo100M downloads: Main profile with B-frames (x264 "faster"), a
+    fixed ``gop``-frame keyframe interval (no scene-cut keyframes), ~1.2 Mbit/s. Busy content so the encoder spends
+    that bitrate: a multi-scale random texture under a panning camera, six textured sprites on their own paths and
+    per-pixel noise every frame."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    margin = 256
+    tex = np.zeros((height + margin, width + margin, 3), np.float32)
+    for cell, amp in ((64, 60.0), (16, 40.0), (4, 25.0)):
+        g = rng.normal(0, 1, ((height + margin) // cell + 2, (width + margin) // cell + 2, 3)).astype(np.float32)
+        tex += amp * np.kron(g, np.ones((cell, cell, 1), np.float32))[: height + margin, : width + margin]
+    tex = np.clip(tex + 128, 0, 255).astype(np.uint8)
+    sprite = rng.integers(0, 256, (height // 3, height // 3, 3), dtype=np.uint8)
+    sides = rng.integers(height // 12, height // 3, (6, 2))
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "faster", "profile": "main", "g": str(gop), "keyint_min": str(gop),
+                          "sc_threshold": "0", "crf": "23", "maxrate": f"{maxrate_kbps}k",
+                          "bufsize": f"{2 * maxrate_kbps}k"}
+        stream.codec_context.time_base = Fraction(1, fps)
+        for i in range(int(round(seconds * fps))):
+            dy = int(margin / 4 * (1 + np.sin(i / 47.0)))  # camera pan, changing direction
+            dx = int(margin / 2 * (1 + np.sin(i / 71.0 + 1)))
+            frame = tex[dy: dy + height, dx: dx + width].copy()
+            for k, (h, w) in enumerate(sides):
+                y = int((height / 2 + height / 3 * np.sin(i * 0.03 * (k + 1) + k)) % (height - h))
+                x = int((width / 2 + width / 3 * np.cos(i * 0.02 * (k + 2) + k)) % (width - w))
+                frame[y: y + h, x: x + w] = np.roll(sprite[:h, :w], i * (k + 1), axis=1)
+            frame = np.clip(frame + rng.integers(-6, 7, (height, width, 1)), 0, 255).astype(np.uint8)
+            out = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            out.pts = i
+            for packet in stream.encode(out):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def random_windows(video_seconds: float, n: int, window: float = 4.0, fps: int = 30, gop: int = 250,
+                   seed: int = 0) -> list[tuple[float, float]]:
+    """``n`` windows of ``window`` s at uniform random offsets, each at least a frame away from a keyframe."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple[float, float]] = []
+    while len(out) < n:
+        start = float(rng.uniform(0.0, video_seconds - window))
+        if abs(start * fps - gop * round(start * fps / gop)) >= 1.0:
+            out.append((start, start + window))
+    return out
+
+
+def cores_needed(step_clips_per_s: float, decode_clips_per_s_per_core: float) -> float:
+    """CPU cores one GPU needs to be fed: the clips/s its training step consumes over the clips one core decodes
+    per second (``paper_decode_rates()["planned"]["clips_per_cpu_s"]`` on the machine that decodes)."""
+    if decode_clips_per_s_per_core <= 0:
+        raise ValueError(f"decode rate must be > 0 clips/s per core, got {decode_clips_per_s_per_core}")
+    return step_clips_per_s / decode_clips_per_s_per_core
+
+
+PAPER_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "howto100m_viclip_b.yaml")
+
+
+def paper_cpu_budget(path: str = PAPER_CONFIG) -> dict:
+    """CPUs per GPU worker in the paper config: ``train.cpus_per_worker`` (the training worker's own reservation)
+    and the decode actors' share per GPU, ``data.decode_concurrency * data.decode_num_cpus / train.num_workers``."""
+    from instraction.config import load_config
+
+    cfg = load_config(path)
+    return {"cpus_per_worker": cfg.train.cpus_per_worker, "num_workers": cfg.train.num_workers,
+            "decode_cpus_per_gpu": cfg.data.decode_concurrency * cfg.data.decode_num_cpus / cfg.train.num_workers}
+
+
+def _decode_run(data: bytes, windows, frames: int, size: int, path: str, frame_threads) -> tuple[dict, list]:
+    from instraction.data.video import decode_frames_decord, decode_frames_variant
+
+    if path == "decord":
+        fn = decode_frames_decord
+    else:
+        fn = lambda *a: decode_frames_variant(*a, planned=path == "planned", frame_threads=frame_threads)  # noqa: E731
+    cpu0, wall0 = time.process_time(), time.perf_counter()  # process CPU time counts FFmpeg's threads too
+    outs = [fn(data, frames, size, a, b) for a, b in windows]
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"clips_per_cpu_s": len(windows) / max(cpu, 1e-9), "clips_per_s": len(windows) / max(wall, 1e-9)}, outs
+
+
+def _mean_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return float(np.mean([np.abs(x.astype(np.int16) - y.astype(np.int16)).mean() for x, y in zip(a, b)]))
+
+
+def paper_decode_rates(clips: int = 12, seconds: float = 12.0, frames: int = 8, size: int = 224, seed: int = 0,
+                       cpus: Optional[int] = None, data: Optional[bytes] = None) -> dict:
+    """Decode rates at paper settings in this process: ``{"video_kbps", "clips", "one_core": {"reference",
+    "planned", "decord"?}, "threads": {"reference", "planned"}, "mean_abs_diff": {path: levels}, "outs"}``, each
+    rate ``{"clips_per_cpu_s", "clips_per_s"}``.
+
+    ``one_core``: pinned to one core, one decoding thread (clips per CPU-second = clips/s per core); decord too
+    when installed. ``threads``: the default thread settings on ``cpus`` cores of this process's affinity (all
+    when None). Every path decodes the same windows, warmed up once; ``mean_abs_diff`` is against the reference
+    in pixel levels; ``outs`` the planned path's clips.
+    """
+    data = data if data is not None else realistic_video(seconds, seed=seed)
+    windows = random_windows(seconds, clips, seed=seed)
+    allowed = sorted(os.sched_getaffinity(0))
+    try:
+        import decord  # noqa: F401
+
+        one_core_paths = ("reference", "planned", "decord")
+    except ImportError:
+        one_core_paths = ("reference", "planned")
+    out: dict = {"video_kbps": len(data) * 8 / seconds / 1e3, "clips": clips, "one_core": {}, "threads": {},
+                 "mean_abs_diff": {}}
+    decoded: dict[str, list] = {}
+    try:
+        for mode, cores, threads, paths in (("one_core", allowed[:1], False, one_core_paths),
+                                            ("threads", allowed[: cpus or None], None, ("reference", "planned"))):
+            os.sched_setaffinity(0, cores)  # FFmpeg sizes its thread pools by this affinity
+            out[mode]["cores"] = len(cores)
+            for path in paths:
+                _decode_run(data, windows[:1], frames, size, path, threads)  # warm-up
+            for path in paths:
+                out[mode][path], decoded[path] = _decode_run(data, windows, frames, size, path, threads)
+    finally:
+        os.sched_setaffinity(0, allowed)
+    for path in decoded:
+        if path != "reference":
+            out["mean_abs_diff"][path] = _mean_abs_diff(decoded[path], decoded["reference"])
+    out["outs"] = decoded["planned"]
+    return out
+
+
+def frames_store_cost(clips: list[np.ndarray], quality: int = 90) -> dict:
+    """What storing the sampled uint8 [T,H,W,3] frames costs instead of decoding video: bytes per clip as JPEG
+    (PIL, libjpeg-turbo) and raw, JPEG encode and decode clips per CPU-second (one core), JPEG error in levels."""
+    from PIL import Image
+
+    def encode(clip):
+        blobs = []
+        for frame in clip:
+            buf = io.BytesIO()
+            Image.fromarray(frame).save(buf, "JPEG", quality=quality)
+            blobs.append(buf.getvalue())
+        return blobs
+
+    allowed = sorted(os.sched_getaffinity(0))
+    try:
+        os.sched_setaffinity(0, allowed[:1])
+        t = time.process_time()
+        blobs = [encode(c) for c in clips]
+        enc = time.process_time() - t
+        t, reps = time.process_time(), 5
+        for _ in range(reps):
+            back = [np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in clip]) for clip in blobs]
+        dec = time.process_time() - t
+    finally:
+        os.sched_setaffinity(0, allowed)
+    return {"jpeg_bytes": float(np.mean([sum(map(len, b)) for b in blobs])), "raw_bytes": float(clips[0].nbytes),
+            "encode_clips_per_cpu_s": len(clips) / max(enc, 1e-9),
+            "decode_clips_per_cpu_s": reps * len(clips) / max(dec, 1e-9),
+            "mean_abs_diff": _mean_abs_diff(back, clips)}
+
+
+def report_paper_decode(args) -> dict:
+    """Measure and print the paper-settings section; returns the rates."""
+    t0 = time.perf_counter()
+    data = realistic_video(args.paper_seconds)
+    print(f"paper settings: {args.paper_seconds:.0f} s of 854x480 H.264 @ 30 fps, GOP 250, "
+          f"{len(data) * 8 / args.paper_seconds / 1e3:.0f} kbit/s, encoded in {time.perf_counter() - t0:.1f}s; "
+          f"{args.paper_clips} windows of 4 s at random offsets -> {args.frames} frames at {args.size}", flush=True)
+    r = paper_decode_rates(args.paper_clips, args.paper_seconds, args.frames, args.size, cpus=args.cpus, data=data)
+    for mode, label in (("one_core", "one core, one thread"),
+                        ("threads", f"{r['threads']['cores']} cores, FFmpeg threads")):
+        ref, new = r[mode]["reference"], r[mode]["planned"]
+        print(f"  {label:28s} reference {ref['clips_per_cpu_s']:5.2f} clips per CPU-s ({ref['clips_per_s']:5.2f}/s)"
+              f"   planned {new['clips_per_cpu_s']:5.2f} ({new['clips_per_s']:5.2f}/s)"
+              f"   ratio {new['clips_per_cpu_s'] / ref['clips_per_cpu_s']:.2f} per CPU-s, "
+              f"{new['clips_per_s'] / ref['clips_per_s']:.2f} wall", flush=True)
+    if "decord" in r["one_core"]:
+        d = r["one_core"]["decord"]
+        print(f"  {'one core, decord':28s} {d['clips_per_cpu_s']:5.2f} clips per CPU-s (mean abs diff vs reference "
+              f"{r['mean_abs_diff']['decord']:.2f} levels: its own YUV->RGB before the resize)")
+    print(f"  planned vs reference pixels: mean abs diff {r['mean_abs_diff']['planned']:.4f} levels")
+    per_core = r["one_core"]["planned"]["clips_per_cpu_s"]
+    step, budget = args.step_clips_per_s, paper_cpu_budget()
+    print(f"  CPU cores per GPU needed at {step:.0f} clips/s per GPU (illustrative) = {step:.0f} / {per_core:.2f} = "
+          f"{cores_needed(step, per_core):.1f} (reference: "
+          f"{cores_needed(step, r['one_core']['reference']['clips_per_cpu_s']):.1f}); the paper config gives each of "
+          f"its {budget['num_workers']} GPU workers train.cpus_per_worker={budget['cpus_per_worker']:g} and "
+          f"{budget['decode_cpus_per_gpu']:g} decode-actor CPUs", flush=True)
+    try:
+        store = frames_store_cost(r["outs"])
+    except ImportError as err:
+        print(f"  frames store: PIL not installed ({err})")
+        return r
+    print(f"  frames store instead (8 sampled frames per clip): JPEG q90 {store['jpeg_bytes'] / 1e3:.0f} kB/clip, "
+          f"read {store['decode_clips_per_cpu_s']:.0f} clips per CPU-s, written {store['encode_clips_per_cpu_s']:.0f}"
+          f"/CPU-s, mean abs error {store['mean_abs_diff']:.2f} levels; raw uint8 {store['raw_bytes'] / 1e3:.0f} "
+          f"kB/clip; the video itself ~{r['video_kbps'] * 4 / 8:.0f} kB per 4 s clip", flush=True)
+    print(f"  -> cores per GPU at {step:.0f} clips/s reading JPEG frames: "
+          f"{cores_needed(step, store['decode_clips_per_cpu_s']):.1f}", flush=True)
+    r["store"] = store
+    return r
 
 
 # ---------------------------------------------------------------------------------------------- raw decoders
@@ -250,11 +468,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--decode-batch", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--paper-only", action="store_true", help="only the per-core decode rate at paper settings")
+    parser.add_argument("--paper-clips", type=int, default=12, help="4 s windows decoded per path at paper settings")
+    parser.add_argument("--paper-seconds", type=float, default=12.0, help="length of the paper-settings video")
+    parser.add_argument("--step-clips-per-s", type=float, default=300.0,
+                        help="GPU clips/s for the cores-per-GPU line (illustrative; the step benchmark measures it)")
     args = parser.parse_args(argv)
 
     cores = sorted(os.sched_getaffinity(0))[: args.cpus]
     os.sched_setaffinity(0, cores)  # inherited by the raw pools and by Ray's processes started below
     print(f"pinned to cores {cores}; load average {os.getloadavg()[0]:.1f}", flush=True)
+    report_paper_decode(args)
+    if args.paper_only:
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         _CLIPS[:] = build_dataset(tmp, args)
