@@ -21,7 +21,7 @@ LATENTS, FRAMES, WINDOWS = (1, 2, 5, 8, 13, 64), (1, 3, 7, 8, 32), (0, 1, 2, 40)
 
 
 def brute_band(K: int, T: int, w: int) -> list[set[int]]:
-    """DESIGN.md's rule with exact rationals: latent i sees max(0, floor(iT/K)-w) <= f < min(T, ceil((i+1)T/K)+w)."""
+    """The band rule (docs/ARCHITECTURE.md) with exact rationals: latent i sees max(0, floor(iT/K)-w) <= f < min(T, ceil((i+1)T/K)+w)."""
     out = []
     for i in range(K):
         lo = max(0, math.floor(Fraction(i * T, K)) - w)

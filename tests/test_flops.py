@@ -59,7 +59,8 @@ def test_banded_count_covers_only_the_band():
     batch = make_dummy_batch(cfg, 100, 4)
     banded, dense = forward_flops(model, batch), forward_flops(model, batch, banded=False)
     b, t = batch["video"].shape[:2]
-    k, p, c, layers = model.perceiver.num_latents, model.video.grid**2, model.perceiver.width, cfg.model.perceiver.layers
+    k, p, c = model.perceiver.num_latents, model.video.grid**2, model.perceiver.width
+    layers = cfg.model.perceiver.layers
     # window 0: each of K latents owns ceil-bounded T/K frames; with K = T = 8 that is exactly one frame each
     assert k == t
     assert dense["perceiver"] - banded["perceiver"] == layers * 4 * b * c * p * (k * t - k)

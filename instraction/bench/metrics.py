@@ -1,4 +1,4 @@
-"""InstrAct Bench metrics (paper Sec. 5; names and tie rule fixed by DESIGN.md).
+"""InstrAct Bench metrics (paper Sec. 5; names and tie rule fixed by docs/ARCHITECTURE.md).
 
 Rank of the answer = 1 + number of *other* candidates scoring >= the answer: ties count against the model, so a
 constant scorer gets the worst rank (C), never a lucky 1. NaN scores count as the worst possible score.

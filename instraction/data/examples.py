@@ -1,4 +1,4 @@
-"""Rows of the decode stage -> the batch contract (DESIGN.md), and a batch iterator that times data waits.
+"""Rows of the decode stage -> the batch contract (docs/ARCHITECTURE.md), and a batch iterator that times data waits.
 
     batches = iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size=32, data=cfg.data)
     for batch in batches:                       # dict of tensors, already on the Ray Train device

@@ -1,4 +1,4 @@
-"""Decode a clip from mp4 bytes and sample frames uniformly over a time window (stable surface: DESIGN.md).
+"""Decode a clip from mp4 bytes and sample frames uniformly over a time window (stable surface: docs/ARCHITECTURE.md).
 
     frames = decode_frames(mp4_bytes, num_frames=8, size=32, start=4.0, end=6.0)   # uint8 [8, 32, 32, 3] RGB
 

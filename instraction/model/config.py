@@ -111,7 +111,7 @@ class PerceiverConfig:
     num_latents: int = 8
     """K: action tokens per clip."""
     window: int = 1
-    """Frames of slack on each side of a latent's own temporal span (DESIGN.md band)."""
+    """Frames of slack on each side of a latent's own temporal span (docs/ARCHITECTURE.md, the band)."""
     layers: int = 1
     heads: int = 4
     mlp_ratio: float = 4.0

@@ -40,7 +40,8 @@ def _video_tower(model, b: int, t: int) -> int:
     total, size = 0, cfg.image_size
     for conv in (m for m in tower.stem if isinstance(m, torch.nn.Conv3d)):
         size = (size + 2 * conv.padding[1] - conv.kernel_size[1]) // conv.stride[1] + 1
-        total += 2 * b * t * size * size * conv.out_channels * conv.in_channels * int(torch.tensor(conv.kernel_size).prod())
+        kernel = conv.kernel_size[0] * conv.kernel_size[1] * conv.kernel_size[2]
+        total += 2 * b * t * size * size * conv.out_channels * conv.in_channels * kernel
     tokens = b * t * tower.grid**2
     return total + 2 * tokens * 2 * tower.width * _hidden(tower.width, cfg.mlp_ratio)
 

@@ -126,7 +126,7 @@ class InstrActionModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict) -> dict:
-        """batch per the batch contract (DESIGN.md) -> dict of 0-dim tensors:
+        """batch per the batch contract (docs/ARCHITECTURE.md) -> dict of 0-dim tensors:
         contrastive_loss, distill_loss, dtw_loss, mam_loss (unweighted), loss (weighted sum), and detached
         diagnostics: logit_scale, hn_margin, hn_fraction, distill_student, distill_teacher_ce, teacher_fraction,
         dtw_align, dtw_order, dtw_fraction, mam_tokens."""

@@ -1,4 +1,5 @@
-"""A random batch that follows the batch contract (DESIGN.md), for tests and benchmarks of the model and trainer.
+"""A random batch that follows the batch contract (docs/ARCHITECTURE.md), for tests and benchmarks of the model
+and trainer.
 
     batch = make_dummy_batch(cfg, vocab_size=64, batch_size=4)
     out = model(batch)

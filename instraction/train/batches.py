@@ -20,7 +20,7 @@ class BatchStream:
     Args:
         shard: the worker's ``ray.data.DataIterator`` (``ray.train.get_dataset_shard``).
         batch_size: rows per batch (``train.batch_size``).
-        collate: numpy rows ``{column: array [B, ...]}`` -> model batch (the batch contract of DESIGN.md).
+        collate: numpy rows ``{column: array [B, ...]}`` -> model batch (the batch contract of docs/ARCHITECTURE.md).
         epoch, batch_in_epoch: the position to start from (0, 0 for a fresh run).
         prefetch: batches fetched and collated ahead in background threads.
         shuffle_buffer: rows of local shuffle (0: stream order); seeded by ``seed``, ``rank`` and the epoch.

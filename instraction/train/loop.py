@@ -202,7 +202,8 @@ class Trainer:
         raise RuntimeError(f"train.fail_at_step={self.state.step}: injected worker failure")
 
 
-def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float) -> tuple[dict[str, float], float, bool]:
+def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float
+                   ) -> tuple[dict[str, float], float, bool]:
     """Backward and optimizer step of one training step, given the model's output dict ``out``.
 
     Returns (rank-averaged ``loss`` and ``*_loss`` values, gradient norm, whether the step was applied). A step

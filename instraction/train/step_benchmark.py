@@ -421,7 +421,8 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
             continue
         rows.append(measure_config(cfg, vocab, device, backend, zero, batch_size, ns, progress, peak))
     # the largest batch that fits: keep doubling from the largest that ran
-    ok = [r["batch"] for r in rows if r.get("status") == "ok" and r["backend"] == plan[0][0] and r["zero"] == ns.zero[0]]
+    ok = [r["batch"] for r in rows
+          if r.get("status") == "ok" and r["backend"] == plan[0][0] and r["zero"] == ns.zero[0]]
     b = max(ok) * 2 if ok else 0
     while not ns.tiny and ok and ns.max_batch and b <= ns.max_batch and time.perf_counter() - started < ns.budget_s:
         row = measure_config(cfg, vocab, device, plan[0][0], ns.zero[0], b, ns, progress, peak)

@@ -250,7 +250,8 @@ def _run_method(name, fn, q, k, v, do, floor_ms) -> dict | None:
         return None
     floor = f", {100 * floor_ms / both['ms']:5.1f}% of the HBM floor" if floor_ms else ""
     print(f"  {name:18s} fwd {fwd['ms']:8.3f} ms (one call {fwd['sync_ms']:7.3f}) | fwd+bwd {both['ms']:8.3f} ms "
-          f"(one call {both['sync_ms']:7.3f}) {both['mib']:7.0f} MiB{floor}; first call {fwd['first_s'] + both['first_s']:.1f} s",
+          f"(one call {both['sync_ms']:7.3f}) {both['mib']:7.0f} MiB{floor}; "
+          f"first call {fwd['first_s'] + both['first_s']:.1f} s",
           flush=True)
     return both
 

@@ -4,8 +4,8 @@ Latent i of K attends to the frames f of a frame-major key sequence (T frames x 
 
     lo_i = max(0, floor(i*T/K) - window) <= f < hi_i = min(T, ceil((i+1)*T/K) + window)
 
-(DESIGN.md, stable surface): the K latents tile the clip in time, each with `window` frames of context either
-side. The softmax runs over the visible keys only. lo_i < hi_i always (latent i's own span is never empty), so
+(docs/ARCHITECTURE.md, stable surface): the K latents tile the clip in time, each with `window` frames of context
+either side. The softmax runs over the visible keys only. lo_i < hi_i always (latent i's own span is never empty), so
 no row is fully masked. Both lo_i and hi_i are non-decreasing in i, which is what lets the kernel visit a
 contiguous frame range per block of latents and a contiguous latent range per block of keys.
 """

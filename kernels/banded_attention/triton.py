@@ -28,7 +28,8 @@ DEFAULT_BLOCKS = (16, 16)
 
 @triton.jit
 def _frame_bounds(rows, K, FRAMES, WINDOW):
-    """Band of each latent row (DESIGN.md): [max(0, floor(iT/K)-w), min(T, ceil((i+1)T/K)+w)). Numerators >= 0."""
+    """Band of each latent row (docs/ARCHITECTURE.md): [max(0, floor(iT/K)-w), min(T, ceil((i+1)T/K)+w)).
+    Numerators >= 0."""
     f_lo = tl.maximum(rows * FRAMES // K - WINDOW, 0)
     f_hi = tl.minimum(((rows + 1) * FRAMES + K - 1) // K + WINDOW, FRAMES)
     return f_lo, f_hi
