@@ -78,16 +78,15 @@ def test_package_list_matches_the_folders():
 
 
 def test_installed_metadata_of_this_checkout_names_the_same_top_level_packages():
-    try:
-        dist = md.distribution("instraction")
-    except md.PackageNotFoundError:
-        pytest.skip("instraction is not installed")
-    url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
-    if url.removeprefix("file://") != str(ROOT):
-        pytest.skip(f"the installed instraction comes from {url or 'elsewhere'}, not this checkout")
-    top_level = dist.read_text("top_level.txt")
-    if top_level is not None:
-        assert set(top_level.split()) == _our_top_level_names()
+    """What pip recorded when it installed this checkout (.ci/install: editable) names the same import names."""
+    ours = [d for d in md.distributions(name="instraction")
+            if json.loads(d.read_text("direct_url.json") or "{}").get("url", "").removeprefix("file://") == str(ROOT)]
+    if not ours:
+        pytest.skip("this checkout is not the installed instraction")
+    for dist in ours:
+        top_level = dist.read_text("top_level.txt")
+        if top_level is not None:
+            assert set(top_level.split()) == _our_top_level_names()
 
 
 def _owned_top_level_names(dist: md.Distribution) -> set[str]:
@@ -142,6 +141,23 @@ def test_no_top_level_name_of_ours_is_probed_for_by_transformers():
     probed = set(re.findall(r"_is_package_available\(\s*[\"']([\w.]+)[\"']", source))
     assert "kernels" in probed  # the pattern still finds transformers' probes
     assert not _our_top_level_names() & {p.split(".")[0] for p in probed}
+
+
+def test_constraints_pin_every_requirement_within_its_range():
+    """constraints.txt (what .ci/install installs) must satisfy pyproject: a bumped requirement needs a refresh."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[canonicalize_name(name)] = version.strip()
+    assert pins["torch"] == "2.13.0"  # .ci/install installs this CPU build first
+    assert "instraction" not in pins and not any(name.startswith("nvidia-") for name in pins)
+    for extra, reqs in [("", PROJECT["dependencies"]), ("test", PROJECT["optional-dependencies"]["test"])]:
+        for req in map(Requirement, reqs):
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                name = canonicalize_name(req.name)
+                assert name in pins, f"{req} has no pin in constraints.txt"
+                assert req.specifier.contains(pins[name], prereleases=True), f"{req} excludes the pin {pins[name]}"
 
 
 def _repo_root_python(code: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
