@@ -210,8 +210,9 @@ class DataConfig:
     (~30x less CPU per clip at paper settings: README "Data feed at paper settings"); None decodes the video."""
     frames_quality: int = 95
     """JPEG quality of the frames store (1-100, PIL); 0 stores raw uint8 frames (exact, ~3-6x the bytes)."""
-    frames_subsampling: str = "4:4:4"
-    """JPEG chroma subsampling of the frames store: 4:4:4 | 4:2:2 | 4:2:0 (smaller, more colour error)."""
+    frames_subsampling: str = "444"
+    """JPEG chroma subsampling of the frames store: 444 | 422 | 420 (smaller, more colour error). Written without
+    colons: YAML reads 4:4:4 as a base-60 number."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     convert: ConvertConfig = field(default_factory=ConvertConfig)
 
@@ -228,7 +229,7 @@ class DataConfig:
         check_range(f"{path}.prefetch_batches", self.prefetch_batches, 0, 64)
         check_range(f"{path}.shuffle_buffer", self.shuffle_buffer, 0, None)
         check_range(f"{path}.frames_quality", self.frames_quality, 0, 100)
-        check_choice(f"{path}.frames_subsampling", self.frames_subsampling, ["4:4:4", "4:2:2", "4:2:0"])
+        check_choice(f"{path}.frames_subsampling", self.frames_subsampling, ["444", "422", "420"])
         if len(self.mean) != 3 or len(self.std) != 3:
             from instraction.config import ConfigError
 

@@ -63,12 +63,14 @@ def frame_settings(data: DataConfig) -> dict:
             "subsampling": data.frames_subsampling if data.frames_quality else None}
 
 
-def encode_clip(frames: np.ndarray, quality: int, subsampling: str = "4:4:4") -> list[bytes]:
-    """uint8 [T,H,W,3] -> one blob per frame: JPEG (PIL / libjpeg-turbo) at ``quality``, raw bytes at 0."""
+def encode_clip(frames: np.ndarray, quality: int, subsampling: str = "444") -> list[bytes]:
+    """uint8 [T,H,W,3] -> one blob per frame: JPEG (PIL / libjpeg-turbo) at ``quality`` and chroma ``subsampling``
+    (444 | 422 | 420), raw bytes at quality 0."""
     if quality == 0:
         return [np.ascontiguousarray(f).tobytes() for f in frames]
     from PIL import Image
 
+    subsampling = ":".join(str(subsampling))  # PIL's spelling: "4:4:4"
     out = []
     for frame in frames:
         buf = io.BytesIO()
