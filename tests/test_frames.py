@@ -201,3 +201,17 @@ def test_codec_round_trip():
                           (frames.encode_clip(clip[:, :8], 95), False)):  # too few, short, not JPEG, wrong shape
         with pytest.raises(ValueError):
             frames.decode_clip(blobs, 3, 16, raw=is_raw)
+
+
+def test_store_benchmark_reads_back_through_the_training_reader():
+    from instraction.data.benchmark import frames_store_rates
+
+    rng = np.random.default_rng(1)
+    base = np.repeat(np.linspace(0, 255, 32, dtype=np.uint8)[None, :, None], 32, 0).repeat(3, 2)
+    clips = [np.clip(base[None] + rng.integers(0, 8, (T, 32, 32, 3)), 0, 255).astype(np.uint8) for _ in range(3)]
+    out = frames_store_rates(clips, reps=1)
+    assert set(out) == {"raw", "q95 444", "q90 444", "q90 420"}
+    assert out["raw"]["mean_abs_diff"] == 0 and out["raw"]["bytes_per_clip"] >= clips[0].nbytes
+    assert out["q90 420"]["bytes_per_clip"] < out["q95 444"]["bytes_per_clip"] < out["raw"]["bytes_per_clip"]
+    assert 0 < out["q95 444"]["mean_abs_diff"] < 4
+    assert all(s["read_clips_per_cpu_s"] > 0 and s["encode_clips_per_cpu_s"] > 0 for s in out.values())
