@@ -281,9 +281,11 @@ def extract_frames(cfg, progress: bool = True, echo: Callable[[str], None] = log
     summary = {
         "frames": d.frames, "shards": d.shards, "settings": settings,
         "shards_total": len(shards), "shards_extracted": len(done), "shards_skipped": len(skipped),
-        "counts": _totals(list(per_shard.values())),
+        # a failed shard (its task's error) has no counts: listed apart, so clips_read == written + dropped_total
+        "counts": _totals([s for s in per_shard.values() if "error" not in s]),
         "store": _totals(list(done.values()) + list(skipped.values())),
-        "unreadable_shards": [{"shard": u, "detail": s["unreadable"]} for u, s in per_shard.items() if "unreadable" in s],
+        "unreadable_shards": [{"shard": u, "detail": s["unreadable"]} for u, s in per_shard.items()
+                              if "unreadable" in s],
         "failed_shards": [{"shard": u, "detail": s["error"]} for u, s in per_shard.items() if "error" in s],
         "per_shard": {shard_io.shard_stem(u): s for u, s in per_shard.items()},
         "seconds": round(time.time() - t0, 3),
