@@ -1,8 +1,8 @@
 """The frames store end to end on real shards, a local Ray and real JPEG: jobs/extract_frames.py, then the
 training pipeline reading the store against the decoding path (same keys and rows; raw frames bit-identical, JPEG
-within a stated tolerance), the per-shard cache, bad input counted in both stages, stale and missing files.
+within a stated tolerance), the per-shard cache, bad input counted in both stages, stale and missing files, unreadable shards, S3.
 
-    python -m pytest tests/test_frames.py -q          # ~1-2 min on 2 cores (several small Ray Data runs)
+    python -m pytest tests/test_frames.py -q          # ~1 min on 2 cores (several small Ray Data runs, moto S3)
 """
 
 from __future__ import annotations
@@ -215,3 +215,31 @@ def test_store_benchmark_reads_back_through_the_training_reader():
     assert out["q90 420"]["bytes_per_clip"] < out["q95 444"]["bytes_per_clip"] < out["raw"]["bytes_per_clip"]
     assert 0 < out["q95 444"]["mean_abs_diff"] < 4
     assert all(s["read_clips_per_cpu_s"] > 0 and s["encode_clips_per_cpu_s"] > 0 for s in out.values())
+
+
+@pytest.mark.integration
+def test_store_on_s3_like_on_disk(ray_local, dirs, decoded):
+    uploads = {os.path.join(dirs["good"], n): f"framesbucket/shards/{n}" for n in os.listdir(dirs["good"])}
+    with datagen.MotoS3(uploads) as s3:
+        cfg = make_cfg("s3://framesbucket/shards", "s3://framesbucket/frames", "data.frames_quality=0",
+                       f"data.s3.endpoint_url={s3.endpoint_url}", "data.s3.anon=true")
+        summary = frames.extract_frames(cfg, progress=False)
+        assert summary["shards_extracted"] == 3 and summary["counts"]["written"] == 13
+        assert frames.extract_frames(cfg, progress=False)["shards_skipped"] == 3
+        rows, report = rows_and_report(cfg)
+    want, _ = decoded
+    assert sorted(rows) == sorted(want) and adds_up(report)
+    assert all(np.array_equal(rows[k]["video"], want[k]["video"]) for k in rows)
+
+
+@pytest.mark.integration
+def test_unreadable_shard_gets_no_file_and_is_retried(ray_local, tmp_path):
+    datagen.write_tar(str(tmp_path / "shards" / "00000.tar"), datagen.good_samples(0, 2))
+    os.makedirs(tmp_path / "shards" / "00001.tar")  # listed as a shard, cannot be opened as one
+    cfg = make_cfg(str(tmp_path / "shards"), str(tmp_path / "store"), "data.frames_quality=90")
+    for _ in range(2):  # the second run skips the good shard and tries the unreadable one again
+        summary = frames.extract_frames(cfg, progress=False)
+        assert [u["shard"].rsplit("/", 1)[-1] for u in summary["unreadable_shards"]] == ["00001.tar"]
+        assert summary["counts"]["clips_read"] == summary["counts"]["written"] + summary["counts"]["dropped_total"]
+    assert summary["shards_skipped"] == 1 and summary["store"]["written"] == 2
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["00000.parquet", "summary.json"]
