@@ -1,6 +1,7 @@
 """The frames store end to end on real shards, a local Ray and real JPEG: jobs/extract_frames.py, then the
 training pipeline reading the store against the decoding path (same keys and rows; raw frames bit-identical, JPEG
-within a stated tolerance), the per-shard cache, bad input counted in both stages, stale and missing files, unreadable shards, S3.
+within a stated tolerance), the per-shard cache, bad input counted in both stages, stale and missing files,
+unreadable shards, S3.
 
     python -m pytest tests/test_frames.py -q          # ~1 min on 2 cores (several small Ray Data runs, moto S3)
 """
