@@ -1,10 +1,10 @@
-"""The main job's stages, end to end: data -> curation -> bench -> training -> evaluation -> summary.
+"""The main job's stages, end to end: data -> curation [-> frames] -> bench -> training -> evaluation -> summary.
 
     summary = pretrain(cfg)      # what `python jobs/pretrain.py` runs; Ray must already be initialised
 
 Every stage is skipped when its output is already there and current (SynthKitchen cache marker, curation state per
-shard, bench manifest), so a re-run only trains. The run directory holds config.yaml, the checkpoints (Ray Train
-storage), model.safetensors, bench/ (results.json, tables.md, plots) and summary.json.
+shard, frames-store state per shard, bench manifest), so a re-run only trains. The run directory holds config.yaml,
+the checkpoints (Ray Train storage), model.safetensors, bench/ (results.json, tables.md, plots) and summary.json.
 """
 
 from __future__ import annotations
@@ -137,6 +137,19 @@ def curate(cfg: Config, stages: Stages) -> dict:
     return summary
 
 
+def extract_frames(cfg: Config, stages: Stages) -> dict | None:
+    """The frames store when data.frames is set (training then reads frames instead of decoding video)."""
+    if not cfg.data.frames:
+        return None
+    from instraction.data.frames import extract_frames as run_extraction
+
+    with stages("frames", f"{cfg.data.num_frames} frames at {cfg.data.size}, quality {cfg.data.frames_quality} "
+                          f"-> {cfg.data.frames}"):
+        summary = run_extraction(cfg, progress=True, echo=stages.echo)
+        stages.echo(f"    frames store: {json.dumps(summary['store'])}")
+    return summary
+
+
 def build_bench(cfg: Config, stages: Stages) -> str:
     from instraction.bench import build as bench_build
 
@@ -231,10 +244,13 @@ def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:
     with PeakMemory() as memory:
         prepare_data(cfg, stages)
         curation = curate(cfg, stages)
+        frames = extract_frames(cfg, stages)
         bench_dir = build_bench(cfg, stages)
         result = train(cfg, run_dir, stages)
         evaluation = evaluate(cfg, run_dir, bench_dir, result.get("weights"), stages) if cfg.run.evaluate else None
     summary = _summary(cfg, run_dir, curation, result, evaluation, stages, memory)
+    if frames is not None:
+        summary["data_accounting"]["frames"] = frames["store"]
     if result.get("mlflow_run_id") and evaluation:
         _log_bench(cfg, result["mlflow_run_id"], evaluation, summary)
     _write_text(f"{run_dir}/summary.json", dumps(summary), cfg.data.s3)

@@ -10,7 +10,8 @@ Paper settings first (every run; ``--paper-only`` stops there): decode clips per
 random offsets (never at a keyframe) of an 854x480, 30 fps, 250-frame-GOP H.264 video of busy content, as YouTube
 serves HowTo100M (``realistic_video``), 8 frames at 224: the planned ``decode_frames`` against the sequential
 ``decode_frames_reference`` on the same windows, pinned to one core, and with FFmpeg's threads on ``--cpus`` cores;
-plus what a store of the sampled frames would cost instead (JPEG / raw uint8 bytes per clip, read speed).
+plus the frames store (``instraction.data.frames``, written by jobs/extract_frames.py) at raw / JPEG qualities:
+bytes per clip, read clips per CPU-second (one core, the training read path) and the cores per GPU each needs.
 ``cores_needed(step_clips_per_s, decode_clips_per_s_per_core)`` turns a GPU step rate into CPU cores per GPU.
 
 Same cores: the process pins itself to ``--cpus`` cores (sched_setaffinity) before starting anything, so the raw
@@ -242,35 +243,57 @@ def paper_decode_rates(clips: int = 12, seconds: float = 12.0, frames: int = 8, 
     return out
 
 
-def frames_store_cost(clips: list[np.ndarray], quality: int = 90) -> dict:
-    """What storing the sampled uint8 [T,H,W,3] frames costs instead of decoding video: bytes per clip as JPEG
-    (PIL, libjpeg-turbo) and raw, JPEG encode and decode clips per CPU-second (one core), JPEG error in levels."""
-    from PIL import Image
+STORE_SETTINGS = ((0, "444"), (95, "444"), (90, "444"), (90, "420"))
+"""(data.frames_quality, data.frames_subsampling) measured: raw uint8, JPEG q95 4:4:4 (the paper config's), q90."""
 
-    def encode(clip):
-        blobs = []
-        for frame in clip:
-            buf = io.BytesIO()
-            Image.fromarray(frame).save(buf, "JPEG", quality=quality)
-            blobs.append(buf.getvalue())
-        return blobs
 
+def frames_store_rates(clips: list[np.ndarray], settings=STORE_SETTINGS, reps: int = 5) -> dict:
+    """The frames store (:mod:`instraction.data.frames`) at each ``(quality, subsampling)``: the clips written as
+    one shard's file by the extraction job's writer, then read back as a training read task and actor do
+    (``StoreReader.get`` + ``decode_clip``), pinned to one core, ``reps`` passes (a new reader each). Per setting:
+    ``bytes_per_clip`` (the file's size over its clips), ``read_clips_per_cpu_s``, ``encode_clips_per_cpu_s``
+    (the JPEG part of extraction, on top of one decode per clip) and ``mean_abs_diff`` (levels, vs ``clips``)."""
+    import tempfile
+
+    from instraction.data import frames
+    from instraction.data.config import DataConfig
+
+    t, h = clips[0].shape[:2]
+    out: dict = {}
     allowed = sorted(os.sched_getaffinity(0))
-    try:
-        os.sched_setaffinity(0, allowed[:1])
-        t = time.process_time()
-        blobs = [encode(c) for c in clips]
-        enc = time.process_time() - t
-        t, reps = time.process_time(), 5
-        for _ in range(reps):
-            back = [np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in clip]) for clip in blobs]
-        dec = time.process_time() - t
-    finally:
-        os.sched_setaffinity(0, allowed)
-    return {"jpeg_bytes": float(np.mean([sum(map(len, b)) for b in blobs])), "raw_bytes": float(clips[0].nbytes),
-            "encode_clips_per_cpu_s": len(clips) / max(enc, 1e-9),
-            "decode_clips_per_cpu_s": reps * len(clips) / max(dec, 1e-9),
-            "mean_abs_diff": _mean_abs_diff(back, clips)}
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = os.path.join(tmp, "00000.tar")
+        with open(shard, "wb") as f:
+            f.write(b"stand-in shard: the store's state records its size and mtime")
+        try:
+            os.sched_setaffinity(0, allowed[:1])
+            for quality, sub in settings:
+                d = DataConfig(shards=shard, annotations="", frames=os.path.join(tmp, f"q{quality}-{sub}"),
+                               num_frames=t, size=h, frames_quality=quality, frames_subsampling=sub)
+                fs, root = frames.shard_io.open_filesystem(d.frames)
+                fs.makedirs(root, exist_ok=True)
+                writer = frames._Writer(fs, frames.frames_path(root, shard), local=True)
+                c0 = time.process_time()
+                for i, clip in enumerate(clips):
+                    writer.add({"key": f"c{i}", "frames": frames.encode_clip(clip, quality, sub), "error": None})
+                enc = time.process_time() - c0
+                writer.close({"settings": frames.frame_settings(d), "sources": frames.shard_sources(shard, d)})
+                c0 = time.process_time()
+                for _ in range(reps):
+                    reader = frames.StoreReader(shard, d)
+                    back = [frames.decode_clip(reader.get(f"c{i}")[0], t, h, raw=quality == 0)
+                            for i in range(len(clips))]
+                dec = time.process_time() - c0
+                assert reader.error is None, reader.error
+                out[f"{'raw' if quality == 0 else f'q{quality} {sub}'}"] = {
+                    "quality": quality, "subsampling": sub,
+                    "bytes_per_clip": os.path.getsize(frames.frames_path(root, shard)) / len(clips),
+                    "read_clips_per_cpu_s": reps * len(clips) / max(dec, 1e-9),
+                    "encode_clips_per_cpu_s": len(clips) / max(enc, 1e-9),
+                    "mean_abs_diff": _mean_abs_diff(back, clips)}
+        finally:
+            os.sched_setaffinity(0, allowed)
+    return out
 
 
 def report_paper_decode(args) -> dict:
@@ -301,16 +324,21 @@ def report_paper_decode(args) -> dict:
           f"its {budget['num_workers']} GPU workers train.cpus_per_worker={budget['cpus_per_worker']:g} and "
           f"{budget['decode_cpus_per_gpu']:g} decode-actor CPUs", flush=True)
     try:
-        store = frames_store_cost(r["outs"])
+        store = frames_store_rates(r["outs"])
     except ImportError as err:
         print(f"  frames store: PIL not installed ({err})")
         return r
-    print(f"  frames store instead (8 sampled frames per clip): JPEG q90 {store['jpeg_bytes'] / 1e3:.0f} kB/clip, "
-          f"read {store['decode_clips_per_cpu_s']:.0f} clips per CPU-s, written {store['encode_clips_per_cpu_s']:.0f}"
-          f"/CPU-s, mean abs error {store['mean_abs_diff']:.2f} levels; raw uint8 {store['raw_bytes'] / 1e3:.0f} "
-          f"kB/clip; the video itself ~{r['video_kbps'] * 4 / 8:.0f} kB per 4 s clip", flush=True)
-    print(f"  -> cores per GPU at {step:.0f} clips/s reading JPEG frames: "
-          f"{cores_needed(step, store['decode_clips_per_cpu_s']):.1f}", flush=True)
+    print(f"  frames store (jobs/extract_frames.py; {args.frames} frames at {args.size} per clip, one core; the video "
+          f"itself ~{r['video_kbps'] * 4 / 8:.0f} kB per 4 s clip):", flush=True)
+    print(f"    {'store':12s} {'kB/clip':>8s} {'read clips/CPU-s':>17s} {'x decode':>9s} {'cores/GPU':>10s} "
+          f"{'abs err':>8s} {'encode/CPU-s':>13s}")
+    for name, st in store.items():
+        rate = st["read_clips_per_cpu_s"]
+        print(f"    {name:12s} {st['bytes_per_clip'] / 1e3:8.0f} {rate:17.1f} {rate / per_core:9.1f} "
+              f"{cores_needed(step, rate):10.2f} {st['mean_abs_diff']:8.2f} {st['encode_clips_per_cpu_s']:13.1f}",
+              flush=True)
+    print(f"    (decode, for comparison: {per_core:.2f} clips per CPU-s, {cores_needed(step, per_core):.1f} cores per "
+          f"GPU at {step:.0f} clips/s; extraction costs one decode + one encode per clip, once)", flush=True)
     r["store"] = store
     return r
 

@@ -22,6 +22,15 @@ Graph (streaming, nothing global):
    ``text_mask`` bool [L], ``neg_ids`` int32 [Nn,L], ``neg_mask`` bool [Nn], ``verb_ids`` int32 [M,Lv],
    ``verb_mask`` bool [M,Lv], ``verb_count`` int32, ``mam_ids`` int32 [L], ``mam_labels`` int32 [L].
 
+With ``data.frames`` (the store of :mod:`instraction.data.frames`, written once by ``jobs/extract_frames.py``) the
+read task streams the tar without video, joins as above, then looks each kept clip up in the shard's frames file
+and emits one row per clip (window json + the stored frames); the actors turn the stored JPEG/raw frames into the
+same uint8 [T,H,W,3] instead of decoding, and the output rows are the same. A clip the store cannot serve is
+dropped, counted (never decoded on the fly: that is the ~50 cores per GPU the store exists to avoid; re-run the
+extraction): ``missing_frames``, ``stale_frames`` (extracted from other shard bytes or settings),
+``bad_frames_file``, ``bad_frames`` (a blob that does not decode), or the reason extraction dropped it for
+(``undecodable_video``, ``decode_error``: the same as decoding here would give).
+
 With ``data.materialize`` the graph runs once, inside :func:`training_dataset` (``Dataset.materialize()``), and
 every epoch iterates the stored blocks instead of restarting the read/decode pipeline; the rows are the same.
 
@@ -226,13 +235,28 @@ def _window(clip: dict, ann: dict) -> dict:
 
 
 def read_shard(item: dict, *, data: DataConfig, holdout: tuple[float, int], split: str, per_video: bool,
-               accounting=None, key_limit: int = 1000) -> Iterator[dict]:
+               accounting=None, key_limit: int = 1000, frames_store: bool = False) -> Iterator[dict]:
     """flat_map body: one shard -> joined rows. ``per_video``: one row per video ``{video_key, shard, mp4,
-    windows (json list of clip windows)}``; else one row per clip (no video bytes)."""
+    windows (json list of clip windows)}``; ``frames_store``: one row per clip ``{key, shard, window (json),
+    frames (the stored blobs)}`` from ``data.frames``, a clip without usable frames dropped with the store's reason;
+    else one row per clip (no video bytes)."""
     tally = _ShardTally(key_limit)
     shard = shard_io.shard_stem(item["shard"])
     group_key, group_mp4, windows = None, None, []
+    store = None
+    if frames_store:
+        from instraction.data.frames import StoreReader
+
+        store = StoreReader(item["shard"], data)
     for clip, ann in _joined_clips(item["shard"], data, holdout, split, per_video, tally):
+        if store is not None:
+            blobs, reason = store.get(clip["key"])
+            if reason:
+                tally.drop(reason, clip["key"])
+                continue
+            tally.to_decode += 1
+            yield {"key": clip["key"], "shard": shard, "window": json.dumps(_window(clip, ann)), "frames": blobs}
+            continue
         if not per_video:
             tally.to_decode += 1
             yield {"shard": shard, "video_key": clip["video_key"], **_window(clip, ann)}
@@ -287,8 +311,27 @@ def pick_negatives(verb_altered: list[str], order_swapped: list[str], mode: str,
     return out[:limit]
 
 
+def decode_window(mp4: bytes, win: dict, data: DataConfig) -> tuple[Optional[np.ndarray], Optional[str]]:
+    """``(uint8 [T, size, size, 3], None)`` for a clip window of a video, or ``(None, reason)``: the one decoder of
+    the training actors and of the frames store (``jobs/extract_frames.py``), so both give the same frames."""
+    from instraction.data.video import decode_frames
+
+    try:
+        frames = decode_frames(mp4, data.num_frames, data.size, win["start"], win["end"])
+        if frames.shape != (data.num_frames, data.size, data.size, 3) or frames.dtype != np.uint8:
+            raise RuntimeError(f"decode_frames returned {frames.dtype} {frames.shape}")
+    except ValueError as err:
+        log.warning("undecodable %s: %s", win["key"], shard_io.redact(str(err)))
+        return None, "undecodable_video"
+    except Exception as err:  # never let one clip take the actor (or the extraction task) down
+        log.warning("decode error %s: %s: %s", win["key"], type(err).__name__, shard_io.redact(str(err)))
+        return None, "decode_error"
+    return frames, None
+
+
 class DecodeClips:
-    """Ray Data actor: video rows (bytes + windows) -> one training row per clip window (module docstring)."""
+    """Ray Data actor: video rows (bytes + windows), or clip rows of stored frames (``data.frames``) -> one
+    training row per clip window (module docstring)."""
 
     def __init__(self, data: DataConfig, seed: int = 0, accounting=None):
         from instraction.data.tokenizer import build_tokenizer
@@ -296,27 +339,33 @@ class DecodeClips:
         self.data, self.seed, self.accounting = data, seed, accounting
         self.tokenizer = build_tokenizer(data.tokenizer)
 
-    def __call__(self, batch) -> dict[str, np.ndarray]:
-        from instraction.data.video import decode_frames
-
+    def _clips(self, batch) -> Iterator[tuple[dict, Optional[np.ndarray], Optional[str]]]:
+        """``(window, frames, None)`` or ``(window, None, reason)`` for every clip of the batch."""
         d = self.data
-        clips, videos, failures = [], [], []
+        if "frames" in batch.column_names:  # the frames store: JPEG/raw -> uint8, no video decoding
+            from instraction.data.frames import decode_clip
+
+            for row in batch.to_pylist():
+                win = json.loads(row["window"])
+                try:
+                    yield win, decode_clip(row["frames"], d.num_frames, d.size, d.frames_quality == 0), None
+                except Exception as err:
+                    log.warning("bad stored frames %s: %s", win["key"], shard_io.redact(str(err)))
+                    yield win, None, "bad_frames"
+            return
         for row in batch.to_pylist():
             for win in json.loads(row["windows"]):
-                try:
-                    frames = decode_frames(row["mp4"], d.num_frames, d.size, win["start"], win["end"])
-                    if frames.shape != (d.num_frames, d.size, d.size, 3) or frames.dtype != np.uint8:
-                        raise RuntimeError(f"decode_frames returned {frames.dtype} {frames.shape}")
-                except ValueError as err:
-                    failures.append((win["key"], "undecodable_video"))
-                    log.warning("undecodable %s: %s", win["key"], shard_io.redact(str(err)))
-                    continue
-                except Exception as err:  # never let one clip take the actor down
-                    failures.append((win["key"], "decode_error"))
-                    log.warning("decode error %s: %s: %s", win["key"], type(err).__name__, shard_io.redact(str(err)))
-                    continue
-                clips.append(win)
-                videos.append(frames)
+                yield (win, *decode_window(row["mp4"], win, d))
+
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        d = self.data
+        clips, videos, failures = [], [], []
+        for win, frames, reason in self._clips(batch):
+            if reason:
+                failures.append((win["key"], reason))
+                continue
+            clips.append(win)
+            videos.append(frames)
         if failures and self.accounting is not None:
             import ray
 
@@ -390,8 +439,9 @@ def training_dataset(cfg, split: str = "train", accounting=None) -> ClipPipeline
     import ray
 
     accounting = accounting or make_accounting()
+    store = bool(cfg.data.frames)  # read the frames store instead of decoding video
     read = partial(read_shard, data=cfg.data, holdout=(cfg.bench.holdout_fraction, cfg.bench.seed), split=split,
-                   per_video=True, accounting=accounting)
+                   per_video=not store, accounting=accounting, frames_store=store)
     videos = _shard_dataset(cfg, split).flat_map(read, num_cpus=cfg.data.read_num_cpus)
     decoded = videos.map_batches(
         DecodeClips,
