@@ -131,11 +131,12 @@ def test_dispatch():
         kernels.soft_dtw(cost, 0.0, backend="numba")
 
 
-@pytest.mark.parametrize("b,n,m,full", [(19, 7, 12, True), (19, 7, 12, False), (5, 3, 40, True), (5, 3, 40, False)])
+@pytest.mark.parametrize("b,n,m,full", [(19, 7, 12, True), (19, 7, 12, False), (21, 3, 40, True), (21, 3, 40, False)])
 def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
-    """Both loop orders of the forward's per-row copy [B,N,M] row i -> [M,B_padded] (rows of <= 32 / longer rows):
-    scaled costs inside each pair's lengths, exact zeros outside them, whatever the buffer held before; the padding
-    pairs' columns are not touched (the forward zeroes them once)."""
+    """Both loop orders of the forward's per-row copy [B,N,M] row i -> [columns, lanes] (rows of <= 32 / longer rows),
+    for the whole row and for a tile's columns c0.. and lanes b0..b1-1: scaled costs inside each pair's lengths, exact
+    zeros outside them, whatever the buffer held before; the padding pairs' columns are not touched (the forward
+    zeroes them once)."""
     from instraction.kernels.soft_dtw.cpu import _LANES, _cost_row
 
     rng = np.random.default_rng(b * n * m)
@@ -144,15 +145,17 @@ def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
     ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
     ln[:b] = n if full else rng.integers(1, n + 1, b)
     lm[:b] = m if full else rng.integers(1, m + 1, b)
-    for i in range(n):
-        out = np.full((m, nbp), np.nan)
-        _cost_row(cost, i, ln, lm, -2.5, full, out)
-        want = np.full((m, nbp), np.nan)
-        want[:, :b] = 0.0
-        for k in range(b):
-            if i < ln[k]:
-                want[:lm[k], k] = -2.5 * cost[k, i, :lm[k]]
-        np.testing.assert_array_equal(out, want)
+    for b0, b1, c0, wd in [(0, nbp, 0, m), (_LANES, nbp, 1, m - 3), (0, _LANES, m // 2, m - m // 2)]:
+        for i in range(n):
+            out = np.full((wd, b1 - b0), np.nan)
+            _cost_row(cost, i, ln, lm, -2.5, full, out, b0, b1, c0)
+            want = np.full((wd, b1 - b0), np.nan)
+            want[:, :max(0, min(b1, b) - b0)] = 0.0
+            for k in range(b0, min(b1, b)):
+                if i < ln[k]:
+                    lim = max(0, lm[k] - c0)
+                    want[:lim, k - b0] = -2.5 * cost[k, i, c0:c0 + min(lim, wd)]
+            np.testing.assert_array_equal(out, want)
 
 
 def test_no_writable_cache_location_compiles_instead_of_failing_the_import(tmp_path):
@@ -174,3 +177,46 @@ def test_no_writable_cache_location_compiles_instead_of_failing_the_import(tmp_p
     assert run.returncode == 0, run.stderr[-2000:]
     assert "numba cannot cache compiled kernels here" in run.stderr
     assert json.loads(run.stdout.strip().splitlines()[-1]) == soft_dtw_numba(cost, 0.3).tolist()
+
+
+@pytest.mark.parametrize("b,n,m,threads", [(5, 70, 130, 7), (5, 130, 70, 3), (37, 100, 64, 2), (3, 64, 64, 2),
+                                           (40, 33, 200, 5), (2, 1, 1, 4), (17, 96, 64, 16)])
+def test_parallel_plans_are_bit_identical_to_one_thread(monkeypatch, b, n, m, threads):
+    """Pairs split over lane blocks, and each pair's DP cut into a wavefront of tiles (forced here by planning for
+    more threads than the machine has: the plan, not the thread count, decides the tiles): every cell does the same
+    arithmetic, so values and gradients equal the single-tile run bit for bit, with and without per-pair lengths."""
+    from instraction.kernels.soft_dtw import cpu
+
+    plan = cpu._plan.__wrapped__
+    g = torch.Generator().manual_seed(b + n + m)
+    cost = random_cost(b, n, m, seed=n + m)
+    weights = torch.linspace(-1.0, 2.0, b, dtype=torch.float64)
+    for lengths in [(None, None), (torch.randint(1, n + 1, (b,), generator=g), torch.randint(1, m + 1, (b,), generator=g))]:
+        monkeypatch.setattr(cpu, "_plan", lambda *shape: plan(*shape[:3], 1))
+        one = _run(soft_dtw_numba, cost, 0.1, *lengths, weights)
+        monkeypatch.setattr(cpu, "_plan", lambda *shape: plan(*shape[:3], threads))
+        many = _run(soft_dtw_numba, cost, 0.1, *lengths, weights)
+        torch.testing.assert_close(many, one, rtol=0, atol=0)
+        want = _run(soft_dtw_torch, cost, 0.1, *lengths, weights)
+        torch.testing.assert_close(many, want, rtol=1e-9, atol=1e-11)
+
+
+def test_plan_splits_pairs_first_then_tiles():
+    from instraction.kernels.soft_dtw.cpu import _LANES, _TILE_MIN_SIDE, _plan
+
+    lanes, rows, cols = _plan(256, 32, 12, 2)  # many pairs: two lane blocks, no tiles
+    assert lanes.tolist() == [0, 128, 256] and rows.tolist() == [0, 32] and cols.tolist() == [0, 12]
+    lanes, rows, cols = _plan(8, 512, 512, 2)  # one lane block: a wavefront of 2 x 8 tiles
+    assert lanes.tolist() == [0, _LANES] and len(rows) == 3 and len(cols) == 9
+    lanes, rows, cols = _plan(33, 96, 4000, 8)  # 3 lane blocks for 8 threads: 3 x 12 tiles, 3 along the short side
+    assert len(lanes) == 4 and len(rows) == 4 and len(cols) == 13
+    for b, n, m, threads in [(8, 20, 500, 4), (1, 64, 64, 1), (300, 128, 128, 4)]:  # too thin / one thread / many pairs
+        lanes, rows, cols = _plan(b, n, m, threads)
+        assert len(rows) == len(cols) == 2
+    for b, n, m, threads in [(33, 96, 4000, 8), (1, 1000, 70, 16), (100, 3, 3, 3)]:
+        lanes, rows, cols = _plan(b, n, m, threads)
+        assert lanes[0] == 0 and lanes[-1] == -(-b // _LANES) * _LANES and (np.diff(lanes) % _LANES == 0).all()
+        assert (np.diff(lanes) > 0).all() and len(lanes) - 1 <= threads
+        for edges, size in ((rows, n), (cols, m)):
+            assert edges[0] == 0 and edges[-1] == size and (np.diff(edges) > 0).all()
+            assert len(edges) == 2 or np.diff(edges).min() >= _TILE_MIN_SIDE

@@ -1,9 +1,12 @@
 """kernels.soft_dtw Triton kernels against the torch backend (float64), forward and gradient, in Triton's
 interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=1 unless it is set). On a CUDA machine the same tests
-also run on CUDA tensors; to test the compiled (autotuned) kernels there, disable the interpreter:
+also run on CUDA tensors (their ids contain "cuda"); those check the compiled kernels and fail if the interpreter is on:
 
     python -m pytest tests/test_soft_dtw_triton.py -q
-    TRITON_INTERPRET=0 python -m pytest tests/test_soft_dtw_triton.py -q     # GPU: compiled kernels
+    TRITON_INTERPRET=0 python -m pytest tests/test_soft_dtw_triton.py -q -k cuda     # GPU: compiled kernels
+
+Both kernel families are tested on the same shapes: the register kernels for small DPs (`is_small`: <= 32 x 32
+cells, one lane per pair) and the anti-diagonal wavefront (forced for small shapes by the `kernel` fixture).
 
 Tolerances (the reference is float64 on the very same, already rounded, cost):
   float32 kernel: values rtol 4e-6 - each of the n+m-1 wavefront steps adds a log/exp rounding of ~eps32 = 1.2e-7
@@ -19,19 +22,33 @@ Tolerances (the reference is float64 on the very same, already rounded, cost):
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from instraction import kernels
 from instraction.kernels.soft_dtw.benchmark import random_cost as shared_random_cost
 from instraction.kernels.soft_dtw.reference import soft_dtw_torch
-from instraction.kernels.soft_dtw.triton import soft_dtw_triton
+from instraction.kernels.soft_dtw.triton import is_small, soft_dtw_triton
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def random_cost(b, n, m, seed, dtype=torch.float32, device="cpu"):
+    if device == "cuda":  # the GPU run is there to test the compiled kernels
+        assert os.environ.get("TRITON_INTERPRET", "0") != "1", "CUDA tests need TRITON_INTERPRET=0 (compiled kernels)"
     return shared_random_cost(b, n, m, seed, dtype=dtype, device=device)
+
+
+@pytest.fixture(params=["small", "wavefront"])
+def kernel(request, monkeypatch):
+    """Which kernels run: "small" (the register kernels; shapes under test must be small) or "wavefront" (forced)."""
+    from instraction.kernels.soft_dtw import triton as sdtw_triton
+
+    if request.param == "wavefront":
+        monkeypatch.setattr(sdtw_triton, "_SMALL_CELLS", 0)
+    return request.param
 
 
 def weights(b, seed=0):
@@ -66,8 +83,8 @@ def check_against_torch(cost, gamma, lengths_n=None, lengths_m=None, rtol=4e-6, 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("gamma", [0.1, 1.0])
-@pytest.mark.parametrize("n,m", [(1, 1), (7, 7), (1, 7), (7, 1), (63, 5), (5, 63), (20, 37)])
-def test_matches_torch_backend_odd_shapes(device, n, m, gamma):
+@pytest.mark.parametrize("n,m", [(1, 1), (7, 7), (1, 7), (7, 1), (16, 8), (13, 5), (5, 13), (63, 5), (5, 63), (20, 37)])
+def test_matches_torch_backend_odd_shapes(kernel, device, n, m, gamma):
     check_against_torch(random_cost(5, n, m, seed=n * 64 + m, device=device), gamma)
 
 
@@ -78,7 +95,7 @@ def test_long_diagonals_span_several_tiles(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_unequal_lengths_and_padding(device):
+def test_unequal_lengths_and_padding(kernel, device):
     """19 pairs (two programs of 16), lengths 1, 7, 63 and mixed; nan/inf in the padding; zero grad there."""
     b, n, m = 19, 63, 9
     lengths_n = torch.tensor([1, 7, 63, 63, 1, 30, 2, 5, 63, 17, 9, 1, 44, 3, 63, 8, 21, 12, 50], device=device)
@@ -99,7 +116,7 @@ def test_unequal_lengths_and_padding(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype,ulp", [(torch.float16, 2.0 ** -10), (torch.bfloat16, 2.0 ** -7)])
-def test_half_precision_costs_accumulate_in_fp32(device, dtype, ulp):
+def test_half_precision_costs_accumulate_in_fp32(kernel, device, dtype, ulp):
     cost = random_cost(6, 23, 11, seed=3, dtype=dtype, device=device)
     check_against_torch(cost, 0.1, rtol=2 * ulp, atol=2 * ulp)
 
@@ -125,7 +142,7 @@ def test_autotuning_prunes_narrow_tiles_on_long_sequences():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_forward_without_gradient_saves_nothing_and_agrees_bit_for_bit(device):
+def test_forward_without_gradient_saves_nothing_and_agrees_bit_for_bit(kernel, device):
     """No grad needed: the forward is compiled without the weight stores, the value must not change."""
     from instraction.kernels.soft_dtw import triton as sdtw_triton
 
@@ -141,3 +158,33 @@ def test_forward_without_gradient_saves_nothing_and_agrees_bit_for_bit(device):
     # the stored weights are those of the softmin: w_up + w_left <= 1 (w_diag the rest), zero past the lengths
     assert (weights >= 0).all() and (weights.sum(0) <= 1 + 1e-6).all()
     assert torch.count_nonzero(weights[:, 1, 3:, :]) == 0 and torch.count_nonzero(weights[:, 2, :, 2:]) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float32, 4e-6, 0.0), (torch.float16, 2.0 ** -9, 2.0 ** -9),
+                                             (torch.bfloat16, 2.0 ** -6, 2.0 ** -6)])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_model_shape_with_lengths(device, dtype, rtol, atol, transpose):
+    """The model's shape, K = 16 latents x up to 8 verb phrases (and its transpose), 37 pairs (programs not full),
+    per-pair lengths including 1 x 1 and full: the register kernels, against float64, per-dtype tolerances."""
+    b, n, m = 37, 16, 8
+    assert is_small(n, m) and is_small(m, n)
+    g = torch.Generator().manual_seed(11)
+    lengths_n, lengths_m = torch.randint(1, n + 1, (b,), generator=g), torch.randint(1, m + 1, (b,), generator=g)
+    lengths_n[:3], lengths_m[:3] = torch.tensor([1, n, n]), torch.tensor([1, m, 1])
+    cost = random_cost(b, n, m, seed=12, dtype=dtype, device=device)
+    if transpose:
+        cost, lengths_n, lengths_m = cost.transpose(1, 2), lengths_m, lengths_n  # strided, not copied
+    check_against_torch(cost, 0.1, lengths_n.to(device), lengths_m.to(device), rtol=rtol, atol=atol)
+
+
+def test_small_dispatch_and_orientation():
+    """Register kernels up to 32 x 32 cells with a side <= 32; their saved weights are [2, B, rows, cols] with the
+    rows along the longer side (the columns are unrolled)."""
+    from instraction.kernels.soft_dtw import triton as sdtw_triton
+
+    assert is_small(16, 8) and is_small(8, 16) and is_small(1, 1) and is_small(32, 32) and is_small(1, 1000)
+    assert not is_small(33, 32) and not is_small(63, 63)
+    lengths = torch.full((3,), 5, dtype=torch.int32), torch.full((3,), 9, dtype=torch.int32)
+    _, weights = sdtw_triton._forward(random_cost(3, 5, 9, seed=6), 0.1, *lengths)
+    assert weights.shape == (2, 3, 9, 5)
