@@ -200,3 +200,31 @@ def test_pretrained_clip_text_space_is_kept_from_step_zero(tmp_path):
         theirs = hf.get_text_features(input_ids=ids, attention_mask=(ids != 0).long())
         theirs = theirs if torch.is_tensor(theirs) else theirs.pooler_output
     assert torch.allclose(ours, torch.nn.functional.normalize(theirs, dim=-1), atol=1e-5)
+
+
+def test_one_text_tower_call_gives_the_states_of_one_call_per_length(tiny_config):
+    """The GPU layout (captions, negatives and verb phrases padded into one text-tower call) computes the same
+    losses and gradients as one call per length (the CPU layout): padding is masked."""
+    from instraction.model.instraction import build_model
+    from instraction.model.testing import make_dummy_batch
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config, 64)
+    batch = make_dummy_batch(tiny_config, 64, 6)
+    assert batch["verb_ids"].shape[-1] != batch["text_ids"].shape[-1]  # the two layouts really differ
+    results = {}
+    for share in (False, True):
+        model.share_text_call = share
+        model.zero_grad()
+        out = model(batch)
+        g = torch.Generator().manual_seed(1)
+        projection = torch.randn(len([k for k in out if k.endswith("_loss")]), generator=g)
+        (torch.stack([out[k] for k in sorted(out) if k.endswith("_loss")]) @ projection).backward()
+        results[share] = ({k: v.detach() for k, v in out.items()},
+                          torch.cat([p.grad.reshape(-1) for p in model.text.parameters() if p.grad is not None]))
+    (out_a, grad_a), (out_b, grad_b) = results[False], results[True]
+    for key in ("contrastive_loss", "distill_loss", "dtw_loss", "mam_loss"):
+        assert torch.allclose(out_a[key], out_b[key], rtol=1e-5, atol=1e-6), key
+    assert grad_a.abs().max() > 0
+    # float32 rounding of differently shaped matmuls: ~1e-6 of the largest gradient
+    assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-5 * float(grad_a.abs().max()))

@@ -78,7 +78,10 @@ def forward_flops(model, batch: dict, banded: bool = True) -> dict[str, int]:
     tc = cfg.text
     th = _hidden(ct, tc.mlp_ratio)
     length = batch["text_ids"].shape[1]
-    out = {"video": _video_tower(model, b, t), "text": _transformer(b, length, ct, th, tc.layers),
+    # on a GPU captions, negatives and verb phrases share one tower call, padded to the longest (model._encode_sets)
+    shared = batch["text_ids"].is_cuda if model.share_text_call is None else model.share_text_call
+    text_rows, text_length = b, length
+    out = {"video": _video_tower(model, b, t), "text": 0,
            "video_proj": 0, "text_proj": 2 * b * ct * e, "verb_query": 0, "perceiver": 0, "decoder": 0,
            "contrastive_loss": 0, "distill_loss": 0, "dtw_loss": 0, "mam_head": 0}
     k = model.perceiver.num_latents
@@ -94,16 +97,19 @@ def forward_flops(model, batch: dict, banded: bool = True) -> dict[str, int]:
     if weights["contrastive"] > 0:
         nn_ = batch["neg_ids"].shape[1] if "neg_ids" in batch else 0
         if nn_:
-            real = int(batch["neg_mask"].bool().reshape(b, nn_, -1).any(-1).sum())
-            out["text"] += _transformer(real, batch["neg_ids"].shape[2], ct, th, tc.layers)
+            text_rows += int(batch["neg_mask"].bool().reshape(b, nn_, -1).any(-1).sum())
+            text_length = max(text_length, batch["neg_ids"].shape[2])
             out["text_proj"] += 2 * b * nn_ * ct * e
             out["contrastive_loss"] += 2 * 2 * b * nn_ * e  # the loss's scores and the hn_margin diagnostic
         out["contrastive_loss"] += 2 * 2 * b * b * e
 
     if weights["distill"] > 0 or weights["dtw"] > 0:
         m, lv = batch["verb_ids"].shape[1:]
-        real = int(batch["verb_count"].long().clamp(0, m).sum())
-        out["text"] += _transformer(real, lv, ct, th, tc.layers)
+        verbs = int(batch["verb_count"].long().clamp(0, m).sum())
+        if shared or lv == text_length:
+            text_rows, text_length = text_rows + verbs, max(text_length, lv)
+        else:
+            out["text"] += _transformer(verbs, lv, ct, th, tc.layers)
         if weights["distill"] > 0:
             out["verb_query"] += 2 * b * m * ct * cv
             out["perceiver"] += _perceiver(model, b, m, t, p, m * t * p)  # teacher queries see every frame
@@ -113,6 +119,7 @@ def forward_flops(model, batch: dict, banded: bool = True) -> dict[str, int]:
             out["text_proj"] += 2 * b * m * ct * e
             out["dtw_loss"] += 2 * b * k * m * e
 
+    out["text"] += _transformer(text_rows, text_length, ct, th, tc.layers)
     if weights["mam"] > 0:
         dc = cfg.decoder
         dh = _hidden(ct, dc.mlp_ratio)

@@ -42,6 +42,10 @@ LOSS_TERMS = ("contrastive", "distill", "dtw", "mam")
 
 
 class InstrActionModel(nn.Module):
+    share_text_call: Optional[bool] = None
+    """One text-tower call for captions, negatives and verb phrases (True), one per length (False), or by device
+    (None: shared on CUDA); see :meth:`_encode_sets`."""
+
     def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig, vocab_size: int):
         super().__init__()
         self.model_cfg, self.loss_cfg = model_cfg, loss_cfg
@@ -116,13 +120,31 @@ class InstrActionModel(nn.Module):
     def _encode_rows(self, ids: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Text-tower pooled states of the valid rows only: ids/mask [B,N,L], valid bool [B,N] -> [B,N,Ct]
         (zeros elsewhere). Padding rows (absent negatives / verbs) cost nothing."""
-        b, n, length = ids.shape
-        out = ids.new_zeros((b, n, self.text.width), dtype=self.text.token_embedding.weight.dtype)
-        flat = valid.reshape(-1)
-        if bool(flat.any()):
-            _, pooled = self.text(ids.reshape(-1, length)[flat], mask.reshape(-1, length)[flat])
-            out = out.reshape(b * n, -1).index_put((flat.nonzero(as_tuple=True)[0],), pooled.to(out.dtype))
-        return out.reshape(b, n, -1)
+        (pooled,) = self._encode_sets([_valid_rows(ids, mask, valid)])
+        return _scatter_rows(pooled, valid, self.text.width)
+
+    def _encode_sets(self, sets: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
+        """Pooled text states of several row sets (ids/mask [R_i, L_i]) -> [R_i, Ct] each, with as few text-tower
+        calls as pays: on a GPU one call for all (right-padded to the longest set: the tower is launch-bound there,
+        README "Paper scale on a GPU"), elsewhere one call per distinct length (compute-bound: no padding work).
+        Padding is masked, so each row's state is what a call of its own gives."""
+        share = sets[0][0].is_cuda if self.share_text_call is None else self.share_text_call
+        groups: dict[int, list[int]] = {}
+        for i, (ids, _) in enumerate(sets):
+            groups.setdefault(0 if share else ids.shape[1], []).append(i)
+        pooled: list = [None] * len(sets)
+        for members in groups.values():
+            length = max(sets[i][0].shape[1] for i in members)
+            ids = torch.cat([F.pad(sets[i][0], (0, length - sets[i][0].shape[1])) for i in members])
+            mask = torch.cat([F.pad(sets[i][1].bool(), (0, length - sets[i][1].shape[1])) for i in members])
+            if ids.shape[0]:
+                parts = self.text(ids, mask)[1].split([sets[i][0].shape[0] for i in members])
+            else:
+                empty = ids.new_zeros((0, self.text.width), dtype=self.text.token_embedding.weight.dtype)
+                parts = [empty] * len(members)
+            for i, part in zip(members, parts):
+                pooled[i] = part
+        return pooled
 
     # ------------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict) -> dict:
@@ -135,26 +157,38 @@ class InstrActionModel(nn.Module):
         tokens, s = self._student(batch["video"])
         s_proj = self.video_proj(s)  # [B,K,E]
         video_emb = self.pool(s_proj)
-        text_emb = self.encode_text(batch["text_ids"], batch["text_mask"])
         scale = self.scale()
+
+        # every text the step needs, through one text-tower call (_encode_sets)
+        sets = [(batch["text_ids"], batch["text_mask"])]
+        use_negatives = weights["contrastive"] > 0 and "neg_ids" in batch and batch["neg_ids"].shape[1] > 0
+        if use_negatives:
+            neg_tokens, neg_mask = negative_masks(batch)
+            sets.append(_valid_rows(batch["neg_ids"], neg_tokens, neg_mask))
+        use_verbs = weights["distill"] > 0 or weights["dtw"] > 0
+        if use_verbs:
+            verb_count = batch["verb_count"].long().clamp(0, batch["verb_ids"].shape[1])
+            slots = torch.arange(batch["verb_ids"].shape[1], device=verb_count.device)
+            verb_valid = slots[None, :] < verb_count[:, None]  # [B,M]
+            sets.append(_valid_rows(batch["verb_ids"], batch["verb_mask"], verb_valid))
+        pooled = self._encode_sets(sets)
+        text_emb = F.normalize(self.text_proj(pooled[0]), dim=-1)
         zero = video_emb.new_zeros(())
         out: dict = {f"{name}_loss": zero for name in LOSS_TERMS}
         diag: dict = {"logit_scale": scale}
 
         if weights["contrastive"] > 0:
-            neg = neg_mask = None
-            if "neg_ids" in batch and batch["neg_ids"].shape[1] > 0:
-                neg_tokens, neg_mask = negative_masks(batch)
-                neg = F.normalize(self.text_proj(self._encode_rows(batch["neg_ids"], neg_tokens, neg_mask)), dim=-1)
-            out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg, neg_mask)
+            neg = None
+            if use_negatives:
+                neg_state = _scatter_rows(pooled[1], neg_mask, self.text.width)
+                neg = F.normalize(self.text_proj(neg_state), dim=-1)
+            out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg,
+                                                            neg_mask if use_negatives else None)
             if neg is not None:
                 diag["hn_margin"], diag["hn_fraction"] = hard_negative_margin(video_emb, text_emb, neg, neg_mask)
 
-        if weights["distill"] > 0 or weights["dtw"] > 0:
-            verb_count = batch["verb_count"].long().clamp(0, batch["verb_ids"].shape[1])
-            slots = torch.arange(batch["verb_ids"].shape[1], device=verb_count.device)
-            verb_valid = slots[None, :] < verb_count[:, None]  # [B,M]
-            verb_state = self._encode_rows(batch["verb_ids"], batch["verb_mask"], verb_valid)  # [B,M,Ct]
+        if use_verbs:
+            verb_state = _scatter_rows(pooled[-1], verb_valid, self.text.width)  # [B,M,Ct]
             if weights["distill"] > 0:
                 teacher = self.perceiver(tokens, queries=self.verb_query(verb_state), query_mask=verb_valid)
                 t_proj = self.video_proj(teacher)  # zeros at padded verbs (query_mask)
@@ -183,6 +217,21 @@ class InstrActionModel(nn.Module):
             out["loss"] = zero
         out.update({k: v.detach() for k, v in diag.items()})
         return out
+
+
+def _valid_rows(ids: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids/mask [B,N,L], valid bool [B,N] -> the valid rows' (ids, mask) [R,L], row-major."""
+    length = ids.shape[-1]
+    flat = valid.reshape(-1)
+    return ids.reshape(-1, length)[flat], mask.reshape(-1, length)[flat]
+
+
+def _scatter_rows(pooled: torch.Tensor, valid: torch.Tensor, width: int) -> torch.Tensor:
+    """pooled [R,C] of the valid rows -> [B,N,C] with zeros at the invalid ones (inverse of _valid_rows)."""
+    b, n = valid.shape
+    out = pooled.new_zeros((b * n, width))
+    out = out.index_put((valid.reshape(-1).nonzero(as_tuple=True)[0],), pooled)
+    return out.reshape(b, n, width)
 
 
 def negative_masks(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,10 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
     p.add_argument("--max-batch", type=int, default=256, help="try doubling the largest batch up to this (0: no)")
     p.add_argument("--backends", nargs="+", default=["triton", "torch"], help="custom-op backends to compare")
-    p.add_argument("--zero", type=int, nargs="+", default=[2, 0], help="ZeRO stages to compare")
+    p.add_argument("--zero", type=int, nargs="+", default=[2, 0, -1],
+                   help="ZeRO stages to compare; -1: no DeepSpeed (bare model and AdamW, a reference)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
     p.add_argument("--no-components", action="store_true", help="skip the per-component timings")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over 3 steps of the first configuration: the top ops on the GPU and CPU")
     p.add_argument("--learn", type=int, default=0, help="learning check: steps on one fixed batch (0: skip)")
     p.add_argument("--learn-lr", type=float, default=1e-4)
     p.add_argument("--decode-clips-per-core", type=float, default=None,
@@ -138,15 +141,60 @@ def with_backend(cfg, backend: str):
 
 
 def build(cfg, vocab: int, device: torch.device):
-    """(model on ``device``, engine, optimizer) with the training code's engine for ``cfg.train``."""
+    """(model on ``device``, engine, optimizer) with the training code's engine for ``cfg.train``
+    (``train.zero_stage`` < 0: :class:`PlainEngine`)."""
     from instraction.model.instraction import build_model
     from instraction.train.engine import build_engine
 
     torch.manual_seed(cfg.run.seed)
     with torch.device(device):  # parameters initialised in place on the GPU
         model = build_model(cfg, vocab)
+    if cfg.train.zero_stage < 0:
+        engine = PlainEngine(model, cfg.train)
+        return model, engine, engine.optimizer
     engine, optimizer = build_engine(model, cfg.train)
     return model, engine, optimizer
+
+
+class PlainEngine:
+    """The DeepSpeed engine's surface used by the step, over the bare model in the training dtype and torch AdamW
+    (``--zero -1``): a reference that shows what the engine itself costs, not a training path."""
+
+    def __init__(self, model: torch.nn.Module, train):
+        from instraction.train.engine import param_groups
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision, torch.float32)
+        self.module = model.to(dtype)
+        self.dtype = dtype
+        self.optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, fused=None)
+        self.grad_clip = train.grad_clip
+        self._norm = None
+
+    def __call__(self, batch: dict) -> dict:
+        return self.module(batch)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        self._norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def was_step_applied(self) -> bool:
+        return True
+
+    def get_global_grad_norm(self):
+        return self._norm
+
+    def bfloat16_enabled(self) -> bool:
+        return self.dtype == torch.bfloat16
+
+    def fp16_enabled(self) -> bool:
+        return self.dtype == torch.float16
+
+    def zero_optimization_stage(self) -> int:
+        return 0
 
 
 def make_batch(cfg, vocab: int, batch_size: int, device: torch.device, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -156,6 +204,12 @@ def make_batch(cfg, vocab: int, batch_size: int, device: torch.device, dtype: to
     batch = make_dummy_batch(cfg, vocab, batch_size, seed=seed, all_negatives=True)
     batch.pop("key")
     return to_device(batch, device, dtype)
+
+
+def engine_dtype(engine) -> torch.dtype:
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    return torch.float16 if engine.fp16_enabled() else torch.float32
 
 
 def sync(device: torch.device) -> None:
@@ -218,9 +272,8 @@ def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: in
                    ns: argparse.Namespace, progress: Progress, peak_tflops: float | None) -> dict[str, Any]:
     """Build, warm up and time one (backend, ZeRO stage, batch) configuration; OOM is a result, not a crash."""
     from instraction.model.flops import TRAIN_FACTOR, forward_flops
-    from instraction.train.engine import floating_dtype
 
-    name = f"{backend} ZeRO-{zero} batch {batch_size}"
+    name = f"{backend} ZeRO-{zero} batch {batch_size}" if zero >= 0 else f"{backend} no DeepSpeed batch {batch_size}"
     cfg = with_backend(cfg, backend)
     cfg = replace(cfg, train=replace(cfg.train, zero_stage=zero, batch_size=batch_size))
     row: dict[str, Any] = {"backend": backend, "zero": zero, "batch": batch_size}
@@ -231,13 +284,17 @@ def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: in
         with progress.stage(f"building {name}"):
             t0 = time.perf_counter()
             model, engine, optimizer = build(cfg, vocab, device)
-            batch = make_batch(cfg, vocab, batch_size, device, floating_dtype(engine))
+            batch = make_batch(cfg, vocab, batch_size, device, engine_dtype(engine))
             progress(f"{name}: engine and batch ready in {time.perf_counter() - t0:.1f} s")
         with progress.stage(f"warming up {name} (the first step compiles and autotunes the Triton kernels)"):
             warm, _ = run_steps(engine, batch, ns.warmup, device, progress)
         with progress.stage(f"timing {name}"):
             times, losses = run_steps(engine, batch, ns.steps, device)
         step_s = statistics.median(times)
+        if ns.profile:
+            ns.profile = False  # the first configuration only
+            with progress.stage(f"profiling {name}"):
+                row["profile"] = profile_steps(engine, batch, device, progress)
         flops = TRAIN_FACTOR * forward_flops(engine.module, batch, banded=backend == "triton")["total"]
         row.update(status="ok", first_step_s=warm[0] if warm else None, step_s=step_s,
                    clips_per_s=batch_size / step_s, model_tflops=flops / step_s / 1e12, step_tflop=flops / 1e12,
@@ -259,6 +316,45 @@ def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: in
         del model, engine, optimizer, batch
         release()
     return row
+
+
+def profile_steps(engine, batch: dict, device: torch.device, progress: Progress, steps: int = 3) -> dict:
+    """torch.profiler over ``steps`` steps: device-busy time per step against wall time, and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        run_steps(engine, batch, steps, device)
+    wall_ms = (time.perf_counter() - t0) / steps * 1e3
+    events = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    busy_ms = sum(getattr(e, key, 0.0) for e in events) / steps / 1e3 if device.type == "cuda" else None
+    progress(f"profile: {wall_ms:.1f} ms per step (under the profiler)"
+             + (f", GPU kernels {busy_ms:.1f} ms per step ({100 * busy_ms / wall_ms:.0f}% busy)" if busy_ms else ""))
+    for sort in ([key, "self_cpu_time_total"] if device.type == "cuda" else [key]):
+        try:
+            table = events.table(sort_by=sort, row_limit=22, max_name_column_width=55)
+        except Exception as err:  # a sort key this torch does not know
+            table = f"({type(err).__name__}: {err})"
+        print(f"top ops by {sort}, {steps} steps:\n{table}", flush=True)
+    return {"wall_ms": wall_ms, "gpu_busy_ms": busy_ms}
+
+
+def autotuned() -> dict[str, str]:
+    """The configs the Triton autotuners picked so far (per kernel and shape key)."""
+    import sys as _sys
+
+    picks: dict[str, str] = {}
+    banded = _sys.modules.get("instraction.kernels.banded_attention.triton")
+    for name, tuner in (getattr(banded, "_tuned", {}) or {}).items():
+        picks[f"banded {name}"] = "; ".join(f"{k}: {c}" for k, c in getattr(tuner, "cache", {}).items())
+    sdtw = _sys.modules.get("instraction.kernels.soft_dtw.triton")
+    if sdtw is not None and hasattr(sdtw, "tuned_configs"):
+        with contextlib.suppress(Exception):
+            picks.update({f"soft-DTW {k}": str(v) for k, v in sdtw.tuned_configs().items()})
+    return picks
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -376,6 +472,28 @@ def learning_check(cfg, vocab: int, device: torch.device, steps: int, lr: float,
             "terms": terms, "passed": bool(math.isfinite(last) and last < 0.5 * first)}
 
 
+def report_components(cfg, vocab: int, device: torch.device, ns: argparse.Namespace, backend: str,
+                      first: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Time each component alone at the first configuration's batch and print it as shares of that step."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
+    with progress.stage("timing each component alone"):
+        try:
+            comp: dict[str, Any] = component_times(cfg, vocab, ns.batch_sizes[0], device, dtype, backend)
+        except Exception as err:
+            comp = {"error": f"{type(err).__name__}: {err}"[:300]}
+    step = first.get("step_s")
+    progress(f"components at batch {ns.batch_sizes[0]} ({backend}), forward+backward each alone:")
+    for name, seconds in comp.items():
+        if not isinstance(seconds, float):
+            progress(f"  {name}: {seconds}")
+            continue
+        share = f" ({100 * seconds / step:4.1f}% of the step)" if step else ""
+        progress(f"  {name:28s} {seconds * 1e3:8.2f} ms{share}")
+    if step and all(isinstance(v, float) for v in comp.values()):
+        progress(f"  {'rest (optimizer, DeepSpeed)':28s} {(step - sum(comp.values())) * 1e3:8.2f} ms")
+    return comp
+
+
 # ------------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
@@ -415,11 +533,17 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
         plan += [(first, ns.zero[0], b) for b in ns.batch_sizes[1:]]
     rows = results.setdefault("configs", [])
     started = time.perf_counter()
-    for backend, zero, batch_size in plan:
+    for i, (backend, zero, batch_size) in enumerate(plan):
         if time.perf_counter() - started > ns.budget_s:
             progress(f"budget of {ns.budget_s:.0f} s spent: skipping {backend} ZeRO-{zero} batch {batch_size}")
             continue
         rows.append(measure_config(cfg, vocab, device, backend, zero, batch_size, ns, progress, peak))
+        if i == 0:
+            results["autotuned"] = autotuned()
+            for kernel, pick in results["autotuned"].items():
+                progress(f"autotuned {kernel}: {pick}")
+            if not ns.no_components:
+                results["components"] = report_components(cfg, vocab, device, ns, plan[0][0], rows[0], progress)
     # the largest batch that fits: keep doubling from the largest that ran
     ok = [r["batch"] for r in rows
           if r.get("status") == "ok" and r["backend"] == plan[0][0] and r["zero"] == ns.zero[0]]
@@ -430,23 +554,6 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
         if row.get("status") != "ok":
             break
         b *= 2
-
-    if not ns.no_components and time.perf_counter() - started < ns.budget_s:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision, torch.float32)
-        with progress.stage("timing each component alone"):
-            try:
-                comp = component_times(cfg, vocab, ns.batch_sizes[0], device, dtype, plan[0][0])
-            except Exception as err:
-                comp = {"error": f"{type(err).__name__}: {err}"[:300]}
-        results["components"] = comp
-        step = next((r["step_s"] for r in rows if r.get("status") == "ok" and r["batch"] == ns.batch_sizes[0]), None)
-        progress(f"components at batch {ns.batch_sizes[0]} ({plan[0][0]}), forward+backward each alone:")
-        for name, seconds in comp.items():
-            share = f" ({100 * seconds / step:4.1f}% of the step)" if isinstance(seconds, float) and step else ""
-            progress(f"  {name:28s} {seconds * 1e3:8.2f} ms{share}" if isinstance(seconds, float) else
-                     f"  {name}: {seconds}")
-        if step and all(isinstance(v, float) for v in comp.values()):
-            progress(f"  {'rest (optimizer, DeepSpeed)':28s} {(step - sum(comp.values())) * 1e3:8.2f} ms")
 
     good = [r for r in rows if r.get("status") == "ok"]
     if good:
