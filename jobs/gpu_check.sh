@@ -5,11 +5,12 @@
 # Steps, each time-boxed (seconds in brackets, overridable by the variables named), every line timestamped:
 #   1. the wheels into a temporary target; versions and the GPU                      -> OUT/gpu.txt      (60)
 #   2. the compiled kernel tests (-k cuda), both files side by side in the background -> OUT/tests_*.txt (STEP_TESTS_S 200)
-#   3. the paper-scale step benchmark and the learning check (jobs/benchmark.py step) -> OUT/step.txt, step.json
-#                                                                                        (STEP_S 270)
-#   4. the soft-DTW GPU benchmark (after the tests finish: a quiet GPU)               -> OUT/soft_dtw.txt (SDTW_S 90)
-#   5. the banded-attention GPU benchmark                                             -> OUT/banded.txt   (BANDED_S 110)
-# Seven files, one folder. The whole run fits in 8 minutes on an H200. Exit status: the number of failed steps.
+#   3. the paper-scale step benchmark, profile and learning check (jobs/benchmark.py step)
+#                                                                           -> OUT/step.txt, step.json (STEP_S 210)
+#   4. the same step with PyTorch's cuBLASLt addmm off (DISABLE_ADDMM_CUDA_LT=1)   -> OUT/step_no_lt.txt (NO_LT_S 60)
+#   5. the soft-DTW GPU benchmark (after the tests finish)                          -> OUT/soft_dtw.txt (SDTW_S 60)
+#   6. the banded-attention GPU benchmark (FlexAttention last: its compiles are slow) -> OUT/banded.txt (BANDED_S 80)
+# Eight files, one folder. The whole run takes about 7 minutes on an H200. Exit status: the number of failed steps.
 set -u
 wheels=${1:?usage: bash jobs/gpu_check.sh WHEEL_DIR OUT_DIR}
 out=${2:?usage: bash jobs/gpu_check.sh WHEEL_DIR OUT_DIR}
@@ -50,15 +51,19 @@ for t in soft_dtw banded_attention; do
   tests+=($!)
 done
 
-run "step benchmark" "${STEP_S:-270}" "$out/step.txt" \
-  "$py" jobs/benchmark.py step --learn 40 --budget-s "${STEP_BUDGET_S:-150}" --out "$out/step.json" ${STEP_ARGS:-}
+run "step benchmark" "${STEP_S:-210}" "$out/step.txt" \
+  "$py" jobs/benchmark.py step --learn 40 --profile --budget-s "${STEP_BUDGET_S:-130}" --out "$out/step.json" \
+  ${STEP_ARGS:-}
+run "step benchmark, cuBLASLt addmm off" "${NO_LT_S:-60}" "$out/step_no_lt.txt" \
+  env DISABLE_ADDMM_CUDA_LT=1 "$py" jobs/benchmark.py step --backends triton --zero 2 -1 --autocast 0 --batch-sizes 32 --max-batch 0 \
+  --no-components --warmup 2 --steps 5 ${STEP_ARGS:-}
 
 say "waiting for the kernel tests"
 for pid in "${tests[@]}"; do wait "$pid" || failed=$((failed + 1)); done
 for t in soft_dtw banded_attention; do say "tests_$t: $(tail -n 1 "$out/tests_$t.txt")"; done
 
-run "soft-DTW benchmark" "${SDTW_S:-90}" "$out/soft_dtw.txt" "$py" jobs/benchmark.py soft_dtw --gpu ${SDTW_ARGS:-}
-run "banded-attention benchmark" "${BANDED_S:-110}" "$out/banded.txt" \
+run "soft-DTW benchmark" "${SDTW_S:-60}" "$out/soft_dtw.txt" "$py" jobs/benchmark.py soft_dtw --gpu ${SDTW_ARGS:-}
+run "banded-attention benchmark" "${BANDED_S:-80}" "$out/banded.txt" \
   "$py" -m instraction.kernels.banded_attention.benchmark ${BANDED_ARGS:-}
 say "done: $failed failed step(s)"
 exit "$failed"

@@ -79,6 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
     p.add_argument("--max-batch", type=int, default=256, help="try doubling the largest batch up to this (0: no)")
     p.add_argument("--backends", nargs="+", default=["triton", "torch"], help="custom-op backends to compare")
+    p.add_argument("--autocast", type=int, nargs="*", default=None,
+                   help="ZeRO stages also measured with fp32 weights and DeepSpeed's torch_autocast (bf16 compute); "
+                        "default 0 2 (--tiny: none)")
     p.add_argument("--zero", type=int, nargs="+", default=[2, 0, -1],
                    help="ZeRO stages to compare; -1: no DeepSpeed (bare model and AdamW, a reference)")
     p.add_argument("--warmup", type=int, default=3)
@@ -244,6 +247,24 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, reps: int = 10) -> f
     return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
 
 
+def gemm_check(device: torch.device, rows: int, width: int, hidden: int) -> list[str]:
+    """bf16 TFLOP/s of the ViT's linear layers ([rows, in] x [in, out] + bias) through F.linear (addmm, cuBLASLt
+    with a bias epilogue) and through matmul then a bias add: shows which GEMM kernels this torch picks."""
+    from triton.testing import do_bench
+
+    lines = []
+    for n_in, n_out in ((width, 3 * width), (width, width), (width, hidden), (hidden, width)):
+        x = torch.randn(rows, n_in, device=device, dtype=torch.bfloat16)
+        w = torch.randn(n_out, n_in, device=device, dtype=torch.bfloat16)
+        b = torch.randn(n_out, device=device, dtype=torch.bfloat16)
+        flop = 2 * rows * n_in * n_out
+        linear = do_bench(lambda: torch.nn.functional.linear(x, w, b), return_mode="median")
+        split = do_bench(lambda: (x @ w.t()).add_(b), return_mode="median")
+        lines.append(f"[{rows},{n_in}]x[{n_in},{n_out}]: F.linear {flop / linear / 1e9:6.0f} TFLOP/s, "
+                     f"matmul + bias {flop / split / 1e9:6.0f} TFLOP/s")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ measuring
 def run_steps(engine, batch: dict, n: int, device: torch.device, say: Callable[[str], None] | None = None,
               scheduler=None, grad_clip: float = 1.0) -> tuple[list[float], list[dict[str, float]]]:
@@ -268,15 +289,33 @@ def run_steps(engine, batch: dict, n: int, device: torch.device, say: Callable[[
     return times, losses
 
 
+def autocast_train(train, directory: str):
+    """``train`` with fp32 weights and DeepSpeed's torch_autocast in bf16 (a DeepSpeed JSON written to
+    ``directory``): the forward's matmuls run in bf16, weights, gradients and the optimizer stay fp32."""
+    from instraction.train.engine import config_path
+
+    ds = json.loads(config_path(train).read_text())
+    ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    path = Path(directory) / f"zero{train.zero_stage}_autocast.json"
+    path.write_text(json.dumps(ds))
+    return replace(train, precision="fp32", deepspeed_config=str(path))
+
+
 def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: int, batch_size: int,
-                   ns: argparse.Namespace, progress: Progress, peak_tflops: float | None) -> dict[str, Any]:
+                   ns: argparse.Namespace, progress: Progress, peak_tflops: float | None,
+                   autocast: bool = False) -> dict[str, Any]:
     """Build, warm up and time one (backend, ZeRO stage, batch) configuration; OOM is a result, not a crash."""
+    import tempfile
+
     from instraction.model.flops import TRAIN_FACTOR, forward_flops
 
-    name = f"{backend} ZeRO-{zero} batch {batch_size}" if zero >= 0 else f"{backend} no DeepSpeed batch {batch_size}"
+    name = f"{backend} ZeRO-{zero}" if zero >= 0 else f"{backend} no DeepSpeed"
+    name += f"{' autocast' if autocast else ''} batch {batch_size}"
     cfg = with_backend(cfg, backend)
     cfg = replace(cfg, train=replace(cfg.train, zero_stage=zero, batch_size=batch_size))
-    row: dict[str, Any] = {"backend": backend, "zero": zero, "batch": batch_size}
+    if autocast:
+        cfg = replace(cfg, train=autocast_train(cfg.train, tempfile.mkdtemp(prefix="instraction-ds-")))
+    row: dict[str, Any] = {"backend": backend, "zero": zero, "batch": batch_size, "autocast": autocast}
     model = engine = optimizer = batch = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -521,6 +560,11 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
     if device.type == "cuda":
         peak = matmul_peak_tflops(device)
         progress(f"dense bf16 matmul (8192^3) measured here: {peak:.0f} TFLOP/s (the MFU denominator)")
+        if cfg.model.video.kind == "vit":
+            tokens = ns.batch_sizes[0] * cfg.data.num_frames * (cfg.data.size // cfg.model.video.patch_size) ** 2
+            hidden = int(round(cfg.model.video.width * cfg.model.video.mlp_ratio))
+            for line in gemm_check(device, tokens, cfg.model.video.width, hidden):
+                progress(f"  ViT linear {line}")
     results["peak_tflops"] = peak
 
     if ns.tiny:
@@ -531,13 +575,16 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
         plan += [(backend, ns.zero[0], ns.batch_sizes[0]) for backend in ns.backends[1:]]
         plan += [(first, zero, ns.batch_sizes[0]) for zero in ns.zero[1:]]
         plan += [(first, ns.zero[0], b) for b in ns.batch_sizes[1:]]
+    plan = [(backend, zero, b, False) for backend, zero, b in plan]
+    autocast = ns.autocast if ns.autocast is not None else ([] if ns.tiny else [0, 2])
+    plan += [(plan[0][0], zero, ns.batch_sizes[0], True) for zero in autocast]
     rows = results.setdefault("configs", [])
     started = time.perf_counter()
-    for i, (backend, zero, batch_size) in enumerate(plan):
+    for i, (backend, zero, batch_size, autocast) in enumerate(plan):
         if time.perf_counter() - started > ns.budget_s:
             progress(f"budget of {ns.budget_s:.0f} s spent: skipping {backend} ZeRO-{zero} batch {batch_size}")
             continue
-        rows.append(measure_config(cfg, vocab, device, backend, zero, batch_size, ns, progress, peak))
+        rows.append(measure_config(cfg, vocab, device, backend, zero, batch_size, ns, progress, peak, autocast))
         if i == 0:
             results["autotuned"] = autotuned()
             for kernel, pick in results["autotuned"].items():
@@ -545,8 +592,8 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
             if not ns.no_components:
                 results["components"] = report_components(cfg, vocab, device, ns, plan[0][0], rows[0], progress)
     # the largest batch that fits: keep doubling from the largest that ran
-    ok = [r["batch"] for r in rows
-          if r.get("status") == "ok" and r["backend"] == plan[0][0] and r["zero"] == ns.zero[0]]
+    ok = [r["batch"] for r in rows if r.get("status") == "ok" and r["backend"] == plan[0][0]
+          and r["zero"] == ns.zero[0] and not r["autocast"]]
     b = max(ok) * 2 if ok else 0
     while not ns.tiny and ok and ns.max_batch and b <= ns.max_batch and time.perf_counter() - started < ns.budget_s:
         row = measure_config(cfg, vocab, device, plan[0][0], ns.zero[0], b, ns, progress, peak)
@@ -559,7 +606,8 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
     if good:
         best = max(good, key=lambda r: r["clips_per_s"])
         results["best"] = best
-        progress(f"best: {best['backend']} ZeRO-{best['zero']} batch {best['batch']}: {format_row(best)}")
+        progress(f"best: {best['backend']} ZeRO-{best['zero']}{' autocast' if best['autocast'] else ''} "
+                 f"batch {best['batch']}: {format_row(best)}")
         if ns.decode_clips_per_core:
             cores = best["clips_per_s"] / ns.decode_clips_per_core
             results["cpu_cores_per_gpu"] = cores
