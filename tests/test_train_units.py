@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -95,6 +96,27 @@ def test_deepspeed_config_takes_run_values(tmp_path, stage):
 def test_plain_fp32_zero0_is_clipped_by_the_loop(tmp_path):
     ds = deepspeed_config(th.tiny_config(tmp_path, "train.zero_stage=0").train)
     assert is_plain(ds) and ds["gradient_clipping"] == 0.0
+
+
+def test_bf16_mixed_keeps_fp32_weights_and_autocasts_the_forward(tmp_path, process_group):
+    """precision=bf16-mixed: DeepSpeed's torch_autocast (bf16 matmuls), fp32 weights and optimizer; with ZeRO-0
+    the loop clips and checks gradients itself (the plain path)."""
+    cfg = th.tiny_config(tmp_path, "train.zero_stage=0", "train.precision=bf16-mixed")
+    ds = deepspeed_config(cfg.train)
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert not ds["bf16"]["enabled"] and is_plain(ds)
+    seen = []
+    engine, _ = build_engine(th.ToyModel(), cfg.train)
+    engine.module.net[0].register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    assert floating_dtype(engine) == torch.float32
+    before = engine.module.net[0].weight.detach().clone()
+    (batch,) = _batches(1)
+    out = engine(to_device(batch, torch.device("cpu"), floating_dtype(engine)))
+    engine.backward(out["loss"])
+    engine.step()
+    assert seen == [torch.bfloat16]  # the Linear ran in bf16 ...
+    weight = engine.module.net[0].weight
+    assert weight.dtype == torch.float32 and not torch.equal(weight.detach(), before)  # ... the fp32 weight learned
 
 
 def test_deepspeed_config_found_outside_the_package_checkout(tmp_path, monkeypatch):
@@ -420,3 +442,15 @@ def test_relative_sqlite_tracking_uri_resolves_against_the_working_directory(tmp
     assert tracking._artifact_location("sqlite:///rel.db") == (tmp_path / "mlartifacts").as_uri()
     uri = "postgresql+psycopg2://me:s3cret@db:5432/mlflow"
     assert tracking.redact("uri", uri) == "postgresql+psycopg2://***@db:5432/mlflow"
+
+
+def test_gpu_workers_run_without_cublaslt_addmm_unless_told(monkeypatch, tmp_path):
+    from instraction.train.launch import worker_environment
+
+    cpu = th.tiny_config(tmp_path).train
+    assert worker_environment(cpu) == {"DS_ACCELERATOR": "cpu"}
+    gpu = dataclasses.replace(cpu, use_gpu=True)
+    monkeypatch.delenv("DISABLE_ADDMM_CUDA_LT", raising=False)
+    assert worker_environment(gpu) == {"DS_ACCELERATOR": "cuda", "DISABLE_ADDMM_CUDA_LT": "1"}
+    monkeypatch.setenv("DISABLE_ADDMM_CUDA_LT", "0")  # the driver's choice reaches the workers
+    assert worker_environment(gpu)["DISABLE_ADDMM_CUDA_LT"] == "0"

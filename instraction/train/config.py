@@ -32,7 +32,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Global gradient-norm clipping (DeepSpeed gradient_clipping; 0 disables)."""
     precision: str = "fp32"
-    """fp32 | bf16 | fp16 (bf16 on CPU works with DeepSpeed on gloo; fp16 needs a GPU)."""
+    """fp32 | bf16 (weights and gradients in bf16, DeepSpeed's bf16 optimizer) | bf16-mixed (fp32 weights, bf16
+    compute under torch autocast) | fp16 (needs a GPU)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage 0-3: the engine config is configs/deepspeed/zero{stage}.json unless deepspeed_config
     is set."""
@@ -68,7 +69,7 @@ class TrainConfig:
     def validate(self, path: str) -> None:
         from instraction.config import check_choice, check_range
 
-        check_choice(f"{path}.precision", self.precision, ["fp32", "bf16", "fp16"])
+        check_choice(f"{path}.precision", self.precision, ["fp32", "bf16", "bf16-mixed", "fp16"])
         check_choice(f"{path}.zero_stage", self.zero_stage, [0, 1, 2, 3])
         check_range(f"{path}.num_workers", self.num_workers, 1, None)
         check_range(f"{path}.max_steps", self.max_steps, 0, None)

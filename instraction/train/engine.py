@@ -67,6 +67,8 @@ def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
     cfg["gradient_clipping"] = train.grad_clip
     cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": train.precision == "bf16"}
     cfg["fp16"] = {**cfg.get("fp16", {}), "enabled": train.precision == "fp16"}
+    if train.precision == "bf16-mixed":  # fp32 weights, gradients and optimizer; the forward runs under autocast
+        cfg["torch_autocast"] = {**cfg.get("torch_autocast", {}), "enabled": True, "dtype": "bfloat16"}
     cfg.setdefault("zero_optimization", {}).setdefault("stage", train.zero_stage)
     if is_plain(cfg):
         cfg["gradient_clipping"] = 0.0  # the loop clips: DeepSpeed's fp32 clip breaks on 0-dim parameters (0.19)
@@ -95,8 +97,9 @@ def build_engine(model: nn.Module, train: TrainConfig):
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if train.use_gpu else "cpu")
     import deepspeed
 
-    if train.precision == "bf16" and train.use_gpu and not torch.cuda.is_bf16_supported():
-        log.warning("precision=bf16 but this GPU has no bf16 (pre-Ampere): training in fp16 with loss scaling")
+    if train.precision.startswith("bf16") and train.use_gpu and not torch.cuda.is_bf16_supported():
+        log.warning("precision=%s but this GPU has no bf16 (pre-Ampere): training in fp16 with loss scaling",
+                    train.precision)
         train = dataclasses.replace(train, precision="fp16")
 
     groups = param_groups(model, train.weight_decay)

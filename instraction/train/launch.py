@@ -90,7 +90,7 @@ def build_trainer(cfg: Config, run_dir: str, datasets: Mapping[str, Any], train_
     # Deterministic splits (see checkpoint.py): with preserve_order Ray Data hands blocks to the splits in order.
     ingest = ray.train.DataConfig.default_ingest_options()
     ingest.preserve_order = True
-    worker_env = {"DS_ACCELERATOR": "cuda" if t.use_gpu else "cpu"}
+    worker_env = worker_environment(t)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=train_loop_config,
@@ -110,6 +110,16 @@ def build_trainer(cfg: Config, run_dir: str, datasets: Mapping[str, Any], train_
         # No shard locality: it gives a block to a split on the block's node, an order a resumed run does not repeat.
         dataset_config=ray.train.DataConfig(execution_options=ingest, enable_shard_locality=False),
     )
+
+
+def worker_environment(train) -> dict[str, str]:
+    """Environment of the training workers. On GPUs PyTorch's cuBLASLt addmm is off unless the driver's
+    environment says otherwise: at the ViT's odd row count (B x 1569 tokens) it picked sm75 kernels that took
+    ~40% of the step on an H200 (README, "Paper scale on a GPU")."""
+    env = {"DS_ACCELERATOR": "cuda" if train.use_gpu else "cpu"}
+    if train.use_gpu:
+        env["DISABLE_ADDMM_CUDA_LT"] = os.environ.get("DISABLE_ADDMM_CUDA_LT", "1")
+    return env
 
 
 def has_previous_run(cfg: Config, run_dir: str) -> bool:

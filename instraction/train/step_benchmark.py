@@ -79,11 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64])
     p.add_argument("--max-batch", type=int, default=256, help="try doubling the largest batch up to this (0: no)")
     p.add_argument("--backends", nargs="+", default=["triton", "torch"], help="custom-op backends to compare")
-    p.add_argument("--autocast", type=int, nargs="*", default=None,
-                   help="ZeRO stages also measured with fp32 weights and DeepSpeed's torch_autocast (bf16 compute); "
-                        "default 0 2 (--tiny: none)")
-    p.add_argument("--zero", type=int, nargs="+", default=[2, 0, -1],
-                   help="ZeRO stages to compare; -1: no DeepSpeed (bare model and AdamW, a reference)")
+    p.add_argument("--zero", type=int, nargs="+", default=[0, 2, -1],
+                   help="ZeRO stages compared with the config's own; -1: no DeepSpeed (bare model and AdamW)")
+    p.add_argument("--precisions", nargs="+", default=["bf16-mixed", "bf16"],
+                   help="train.precision values compared at each ZeRO stage (GPU only)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=6, help="timed steps per configuration")
     p.add_argument("--no-components", action="store_true", help="skip the per-component timings")
@@ -169,12 +168,15 @@ class PlainEngine:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision, torch.float32)
         self.module = model.to(dtype)
         self.dtype = dtype
+        self.autocast = train.precision == "bf16-mixed"
         self.optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, fused=None)
         self.grad_clip = train.grad_clip
         self._norm = None
 
     def __call__(self, batch: dict) -> dict:
-        return self.module(batch)
+        device = next(self.module.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.module(batch)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -289,33 +291,21 @@ def run_steps(engine, batch: dict, n: int, device: torch.device, say: Callable[[
     return times, losses
 
 
-def autocast_train(train, directory: str):
-    """``train`` with fp32 weights and DeepSpeed's torch_autocast in bf16 (a DeepSpeed JSON written to
-    ``directory``): the forward's matmuls run in bf16, weights, gradients and the optimizer stay fp32."""
-    from instraction.train.engine import config_path
-
-    ds = json.loads(config_path(train).read_text())
-    ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
-    path = Path(directory) / f"zero{train.zero_stage}_autocast.json"
-    path.write_text(json.dumps(ds))
-    return replace(train, precision="fp32", deepspeed_config=str(path))
+def config_name(backend: str, zero: int, precision: str, batch_size: int) -> str:
+    stage = f"ZeRO-{zero}" if zero >= 0 else "no DeepSpeed"
+    return f"{backend} {stage} {precision} batch {batch_size}"
 
 
-def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: int, batch_size: int,
-                   ns: argparse.Namespace, progress: Progress, peak_tflops: float | None,
-                   autocast: bool = False) -> dict[str, Any]:
-    """Build, warm up and time one (backend, ZeRO stage, batch) configuration; OOM is a result, not a crash."""
-    import tempfile
-
+def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: int, precision: str,
+                   batch_size: int, ns: argparse.Namespace, progress: Progress,
+                   peak_tflops: float | None) -> dict[str, Any]:
+    """Build, warm up and time one (backend, ZeRO stage, precision, batch) configuration; OOM is a result."""
     from instraction.model.flops import TRAIN_FACTOR, forward_flops
 
-    name = f"{backend} ZeRO-{zero}" if zero >= 0 else f"{backend} no DeepSpeed"
-    name += f"{' autocast' if autocast else ''} batch {batch_size}"
+    name = config_name(backend, zero, precision, batch_size)
     cfg = with_backend(cfg, backend)
-    cfg = replace(cfg, train=replace(cfg.train, zero_stage=zero, batch_size=batch_size))
-    if autocast:
-        cfg = replace(cfg, train=autocast_train(cfg.train, tempfile.mkdtemp(prefix="instraction-ds-")))
-    row: dict[str, Any] = {"backend": backend, "zero": zero, "batch": batch_size, "autocast": autocast}
+    cfg = replace(cfg, train=replace(cfg.train, zero_stage=zero, precision=precision, batch_size=batch_size))
+    row: dict[str, Any] = {"backend": backend, "zero": zero, "precision": precision, "batch": batch_size}
     model = engine = optimizer = batch = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -536,6 +526,8 @@ def report_components(cfg, vocab: int, device: torch.device, ns: argparse.Namesp
 # ------------------------------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
+    # as the training workers do (train.launch.worker_environment); read by torch at its first addmm
+    os.environ.setdefault("DISABLE_ADDMM_CUDA_LT", "1")
     device = torch.device("cuda" if torch.cuda.is_available() and not ns.tiny else "cpu")
     progress = Progress()
     results: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu"}
@@ -551,7 +543,8 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.type == "cuda" else "cpu")
     cfg = load_run_config(ns, device)
     vocab = vocab_size(cfg)
-    progress(f"step benchmark on {results['device']}: torch {torch.__version__}, {cfg.run.name}, "
+    progress(f"step benchmark on {results['device']}: torch {torch.__version__}, "
+             f"DISABLE_ADDMM_CUDA_LT={os.environ.get('DISABLE_ADDMM_CUDA_LT')}, {cfg.run.name}, "
              f"{cfg.model.video.kind} width {cfg.model.video.width}, {cfg.data.num_frames}x{cfg.data.size}^2, "
              f"{cfg.train.precision}, vocab {vocab}")
     with progress.stage("initialising the process group"):
@@ -561,30 +554,30 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
         peak = matmul_peak_tflops(device)
         progress(f"dense bf16 matmul (8192^3) measured here: {peak:.0f} TFLOP/s (the MFU denominator)")
         if cfg.model.video.kind == "vit":
-            tokens = ns.batch_sizes[0] * cfg.data.num_frames * (cfg.data.size // cfg.model.video.patch_size) ** 2
+            grid = cfg.data.size // cfg.model.video.patch_size  # the tower's rows: T*P patch tokens + a class token
+            tokens = ns.batch_sizes[0] * (cfg.data.num_frames * grid**2 + 1)
             hidden = int(round(cfg.model.video.width * cfg.model.video.mlp_ratio))
             for line in gemm_check(device, tokens, cfg.model.video.width, hidden):
                 progress(f"  ViT linear {line}")
     results["peak_tflops"] = peak
 
-    if ns.tiny:
-        plan = [(ns.backends[-1] if device.type == "cpu" else ns.backends[0], ns.zero[0], ns.batch_sizes[0])]
-    else:
-        first = ns.backends[0]
-        plan = [(first, ns.zero[0], ns.batch_sizes[0])]
-        plan += [(backend, ns.zero[0], ns.batch_sizes[0]) for backend in ns.backends[1:]]
-        plan += [(first, zero, ns.batch_sizes[0]) for zero in ns.zero[1:]]
-        plan += [(first, ns.zero[0], b) for b in ns.batch_sizes[1:]]
-    plan = [(backend, zero, b, False) for backend, zero, b in plan]
-    autocast = ns.autocast if ns.autocast is not None else ([] if ns.tiny else [0, 2])
-    plan += [(plan[0][0], zero, ns.batch_sizes[0], True) for zero in autocast]
+    # the config's own setting first (with the profile and the component timings), then one change at a time
+    first = ns.backends[-1] if ns.tiny and device.type == "cpu" else ns.backends[0]
+    own = (first, cfg.train.zero_stage, cfg.train.precision)
+    plan = [(*own, ns.batch_sizes[0])]
+    if not ns.tiny:
+        plan += [(backend, *own[1:], ns.batch_sizes[0]) for backend in ns.backends if backend != first]
+        plan += [(first, zero, precision, ns.batch_sizes[0]) for zero in ns.zero for precision in ns.precisions
+                 if (first, zero, precision) != own and (zero >= 0 or precision == ns.precisions[0])]
+        plan += [(*own, b) for b in ns.batch_sizes[1:]]
     rows = results.setdefault("configs", [])
     started = time.perf_counter()
-    for i, (backend, zero, batch_size, autocast) in enumerate(plan):
+    for i, (backend, zero, precision, batch_size) in enumerate(plan):
         if time.perf_counter() - started > ns.budget_s:
-            progress(f"budget of {ns.budget_s:.0f} s spent: skipping {backend} ZeRO-{zero} batch {batch_size}")
+            name = config_name(backend, zero, precision, batch_size)
+            progress(f"budget of {ns.budget_s:.0f} s spent: skipping {name}")
             continue
-        rows.append(measure_config(cfg, vocab, device, backend, zero, batch_size, ns, progress, peak, autocast))
+        rows.append(measure_config(cfg, vocab, device, backend, zero, precision, batch_size, ns, progress, peak))
         if i == 0:
             results["autotuned"] = autotuned()
             for kernel, pick in results["autotuned"].items():
@@ -592,11 +585,10 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
             if not ns.no_components:
                 results["components"] = report_components(cfg, vocab, device, ns, plan[0][0], rows[0], progress)
     # the largest batch that fits: keep doubling from the largest that ran
-    ok = [r["batch"] for r in rows if r.get("status") == "ok" and r["backend"] == plan[0][0]
-          and r["zero"] == ns.zero[0] and not r["autocast"]]
+    ok = [r["batch"] for r in rows if r.get("status") == "ok" and (r["backend"], r["zero"], r["precision"]) == own]
     b = max(ok) * 2 if ok else 0
     while not ns.tiny and ok and ns.max_batch and b <= ns.max_batch and time.perf_counter() - started < ns.budget_s:
-        row = measure_config(cfg, vocab, device, plan[0][0], ns.zero[0], b, ns, progress, peak)
+        row = measure_config(cfg, vocab, device, *own, b, ns, progress, peak)
         rows.append(row)
         if row.get("status") != "ok":
             break
@@ -606,8 +598,8 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
     if good:
         best = max(good, key=lambda r: r["clips_per_s"])
         results["best"] = best
-        progress(f"best: {best['backend']} ZeRO-{best['zero']}{' autocast' if best['autocast'] else ''} "
-                 f"batch {best['batch']}: {format_row(best)}")
+        name = config_name(best["backend"], best["zero"], best["precision"], best["batch"])
+        progress(f"best: {name}: {format_row(best)}")
         if ns.decode_clips_per_core:
             cores = best["clips_per_s"] / ns.decode_clips_per_core
             results["cpu_cores_per_gpu"] = cores
