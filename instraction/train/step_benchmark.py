@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from instraction.train.step_timing import (  # noqa: E402
+from instraction.train.step_timing import (
     Progress, autotuned, build, component_times, engine_dtype, gemm_check, init_single_process_group, make_batch,
     matmul_peak_tflops, profile_steps, release, run_steps, with_backend)
 
