@@ -259,7 +259,7 @@ def test_pick_negatives_interleaves_kinds_up_to_the_limit():
 
 @pytest.mark.integration
 def test_synthkitchen_shards_flow_through_with_every_clip_accounted(ray_local, tmp_path):
-    synthetic = pytest.importorskip("instraction.data.synthetic")
+    from instraction.data import synthetic
     from instraction.data.config import SynthConfig
 
     synthetic.make_synthkitchen(str(tmp_path / "shards"), SynthConfig(num_shards=2, clips_per_shard=8,
