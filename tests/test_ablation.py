@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_mean_and_sample_std():
     mean, std = _mean_std([40.0, 50.0, 60.0])
     assert mean == 50.0 and math.isclose(std, 10.0)
-    assert _mean_std([7.0]) == (7.0, 0.0)
-    assert all(math.isnan(x) for x in _mean_std([float("nan")]))
+    assert _mean_std([7.0]) == (7.0, None)
+    assert all(math.isnan(x) for x in _mean_std([]))
 
 
 def test_table_rows_and_cells():
@@ -28,7 +28,22 @@ def test_table_rows_and_cells():
     lines = table.splitlines()
     assert lines[0] == "| Config | Semantic R@1 | Logic ACC | seeds |"
     assert "| table4_hn_only | 50.0 ± 14.1 | 40.0 ± 14.1 | 2 |" in lines
-    assert "| table4_both | 70.0 ± 0.0 | nan ± nan | 1 |" in lines
+    assert "| table4_both | 70.0 | NaN x1: seed 0 | 1 |" in lines
+
+
+def test_nan_runs_are_shown_with_their_seeds_not_dropped():
+    """A diverged seed stays visible: the mean is over the finite runs and the cell names the NaN seeds."""
+    nan = float("nan")
+    results = {
+        "mam": {"seeds": [0, 1, 2], "runs": [{"semantic": {"R@1": 40.0}}, {"semantic": {"R@1": nan}},
+                                             {"semantic": {"R@1": 60.0}}]},
+        "dtw": {"seeds": [3, 4], "runs": [{"semantic": {"R@1": nan}}, {"semantic": {"R@1": 55.0}}]},
+        "both": {"seeds": [0, 1], "runs": [{"semantic": {"R@1": nan}}, {"semantic": {"R@1": float("inf")}}]},
+    }
+    lines = ablation_table(results, [("semantic", "R@1")]).splitlines()
+    assert "| mam | 50.0 ± 14.1 (NaN x1: seed 1) | 3 |" in lines
+    assert "| dtw | 55.0 (NaN x1: seed 3) | 2 |" in lines
+    assert "| both | NaN x2: seeds 0, 1 | 2 |" in lines
 
 
 @pytest.mark.integration
@@ -53,7 +68,7 @@ def test_ablate_job_trains_every_config_per_seed_and_writes_the_table(tmp_path, 
     assert list(results) == ["table4_hn_only", "table4_both"]
     for name, weights in (("table4_hn_only", (0.0, 0.0, 0.0)), ("table4_both", (1.0, 0.5, 0.1))):
         entry = results[name]
-        assert len(entry["runs"]) == 2 and len(set(entry["run_dirs"])) == 2
+        assert len(entry["runs"]) == 2 and len(set(entry["run_dirs"])) == 2 and entry["seeds"] == [0, 1]
         for seed, run, run_dir in zip((0, 1), entry["runs"], entry["run_dirs"]):
             assert 0.0 <= run["semantic"]["R@1"] <= 100.0 and 0.0 <= run["logic"]["ACC"] <= 100.0
             cfg = OmegaConf.load(f"{run_dir}/config.yaml")

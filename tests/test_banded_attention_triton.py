@@ -13,12 +13,15 @@ same (already rounded) inputs:
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from instraction.kernels.banded_attention import banded_cross_attention, band
 from instraction.kernels.banded_attention.benchmark import INTERPRETER_SHAPES, Shape, forward_backward, max_errors, shape_inputs
 from instraction.kernels.banded_attention.reference import banded_cross_attention_reference, latent_range
+from instraction.kernels.banded_attention import triton as kernels
 from instraction.kernels.banded_attention.triton import banded_cross_attention_triton
 
 TOL = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -63,11 +66,37 @@ def test_forward_and_gradients_match_reference_half(shape, blocks, dtype, fuse_d
 PAPER_AT_B2 = Shape(2, 3, 64, 32, 196, 64, 2)
 
 
+@pytest.fixture
+def compiled():
+    """The CUDA tests must run the compiled kernels: with TRITON_INTERPRET=1 they would pass in the interpreter."""
+    assert os.environ.get("TRITON_INTERPRET", "0") == "0" and not kernels.INTERPRET, "run with TRITON_INTERPRET=0"
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Names of the kernels launched through ``_kernel`` ("fwd", "dkdv", "dkdv_dq", "dq"), in order."""
+    seen, real = [], kernels._kernel
+
+    def counting(name, blocks):
+        kernel, tiles = real(name, blocks)
+
+        class Counted:
+            def __getitem__(self, grid):
+                def launch(*args, **kwargs):
+                    seen.append(name)
+                    return kernel[grid](*args, **kwargs)
+                return launch
+        return Counted(), tiles
+
+    monkeypatch.setattr(kernels, "_kernel", counting)
+    return seen
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with TRITON_INTERPRET=0)")
 @pytest.mark.parametrize("fuse_dq", [False, True], ids=["dq_kernel", "fused_dq"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("shape,blocks", CASES + [(PAPER_AT_B2, (16, 64))])
-def test_compiled_kernels_on_cuda_match_reference(shape, blocks, dtype, fuse_dq):
+def test_compiled_kernels_on_cuda_match_reference(shape, blocks, dtype, fuse_dq, compiled):
     """The compiled kernels on CUDA tensors with the interpreter tests' tiles (one compile per dtype and tile)."""
     errors = normalised_errors(shape, dtype, blocks, device="cuda", fuse_dq=fuse_dq)
     assert max(errors.values()) < TOL[dtype], errors
@@ -75,26 +104,33 @@ def test_compiled_kernels_on_cuda_match_reference(shape, blocks, dtype, fuse_dq)
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run with TRITON_INTERPRET=0)")
 @pytest.mark.parametrize("fuse_dq", [False, True], ids=["dq_kernel", "fused_dq"])
-def test_autotuned_kernels_on_cuda_match_reference(fuse_dq):
+def test_autotuned_kernels_on_cuda_match_reference(fuse_dq, compiled):
     """blocks=None: the autotuned kernels, on the paper's shape (B=2, H=3) in bf16, the dtype the benchmark times
     (autotuning compiles every config once; the benchmark then finds them in Triton's cache)."""
     errors = normalised_errors(PAPER_AT_B2, torch.bfloat16, None, device="cuda", fuse_dq=fuse_dq)
     assert max(errors.values()) < TOL[torch.bfloat16], errors
 
 
-def test_fused_dq_only_when_both_dq_and_dkdv_are_needed():
+def test_fused_dq_only_when_both_dq_and_dkdv_are_needed(launches):
     """fuse_dq with only q needing a gradient falls back to the dq kernel (no dk/dv pass to fuse into); with only
-    k, v it computes no dq at all."""
+    k, v it launches no dq work at all; with all three the dk/dv kernel computes dq."""
     shape = Shape(1, 2, 21, 7, 3, 32, 1)
     q, k, v, do = shape_inputs(shape)
     want = forward_backward(lambda a, b, c: banded_cross_attention_reference(a, b, c, 7, 1), q, k, v, do)
+    launches.clear()
     q_only = q.clone().requires_grad_()
     banded_cross_attention_triton(q_only, k, v, 7, 1, blocks=(16, 16), fuse_dq=True).backward(do)
     torch.testing.assert_close(q_only.grad, want[1], atol=1e-5, rtol=1e-5)
+    assert launches == ["fwd", "dq"]
+    launches.clear()
     kv = [t.clone().requires_grad_() for t in (k, v)]
     banded_cross_attention_triton(q, *kv, 7, 1, blocks=(16, 16), fuse_dq=True).backward(do)
     torch.testing.assert_close([t.grad for t in kv], list(want[2:]), atol=1e-5, rtol=1e-5)
-    assert q.grad is None
+    assert launches == ["fwd", "dkdv"]
+    launches.clear()
+    banded_cross_attention_triton(*(t.clone().requires_grad_() for t in (q, k, v)), 7, 1, blocks=(16, 16),
+                                  fuse_dq=True).backward(do)
+    assert launches == ["fwd", "dkdv_dq"]
 
 
 def test_default_tiles_custom_scale_and_public_dispatch():
@@ -184,14 +220,16 @@ def test_tile_boundaries_sweep(K, T, window):
     assert max(errors.values()) < TOL[torch.float32], errors
 
 
-def test_gradients_only_for_inputs_that_need_them_and_empty_batch():
+def test_gradients_only_for_inputs_that_need_them_and_empty_batch(launches):
     shape = Shape(1, 2, 5, 7, 3, 32, 1)
     q, k, v, do = shape_inputs(shape)
-    q.requires_grad_()
-    banded_cross_attention_triton(q, k, v, 7, 1).backward(do)  # dk/dv kernel skipped
     want = forward_backward(lambda a, b, c: banded_cross_attention_reference(a, b, c, 7, 1), q, k, v, do)[1]
+    launches.clear()
+    q.requires_grad_()
+    banded_cross_attention_triton(q, k, v, 7, 1).backward(do)
     torch.testing.assert_close(q.grad, want, atol=1e-5, rtol=1e-5)
     assert k.grad is None and v.grad is None
+    assert launches == ["fwd", "dq"]  # the dk/dv kernel was skipped
     empty = banded_cross_attention_triton(q[:0], k[:0], v[:0], 7, 1)
     assert empty.shape == (0, 2, 5, 32)
 

@@ -21,7 +21,7 @@ from instraction.curation.backends.base import RETRY_COLUMN, Annotator, _Finish
 from instraction.curation.backends.hf import Generator, HFStage
 from instraction.curation.config import CurationConfig
 from instraction.curation.pipeline import TEXT_SCHEMA
-from instraction.curation.tiny_lm import build_tiny_lm
+from instraction.curation.tiny_lm import build_tiny_lm, teach_tiny_lm
 
 SCHEMA_KINDS = set(prompts.SchemaError.KINDS)
 GOOD = '{"category": "instructional", "actions": ["crack egg", "whisk egg"], "primary_object": "egg"}'
@@ -30,6 +30,23 @@ GOOD = '{"category": "instructional", "actions": ["crack egg", "whisk egg"], "pr
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     return build_tiny_lm(tmp_path_factory.mktemp("lm") / "tiny", max_positions=1024)
+
+
+TAUGHT = "crack the egg and then whisk it"
+
+
+@pytest.fixture(scope="module")
+def taught_lm(tmp_path_factory):
+    """The tiny model fine-tuned (~10 s) to answer GOOD to the prompt of TAUGHT: the backends' success path."""
+    path = build_tiny_lm(tmp_path_factory.mktemp("lm") / "taught", max_positions=1024)
+    return teach_tiny_lm(path, [TAUGHT], GOOD, steps=150)
+
+
+def assert_kept_from_the_models_answer(row):
+    """Kept, with the actions of GOOD and negatives derived from them; raw_output is the model's text."""
+    assert (row["decision"], row["reason"], row["raw_output"]) == ("kept", "instructional", GOOD)
+    assert list(row["actions"]) == ["crack egg", "whisk egg"] and row["primary_object"] == "egg"
+    assert len(row["verb_altered"]) == 9 and list(row["order_swapped"]) == ["whisk it and then crack the egg"]
 
 
 def text_rows(captions, error_rows=()):
@@ -166,6 +183,13 @@ def test_hf_stage_with_the_tiny_model_quarantines_garbage(tiny_lm):
     assert (by_key["k2"]["reason"], by_key["bad"]["reason"]) == ("prompt_too_long", "missing_mp4")
 
 
+def test_hf_stage_keeps_what_a_real_model_answers(taught_lm):
+    cfg = CurationConfig(backend="hf", model=taught_lm, max_new_tokens=64, max_prompt_chars=100_000)
+    rows = HFStage(cfg, Annotator(cfg, "hf", taught_lm))(to_table_text(text_rows([TAUGHT]))).to_pylist()
+    assert len(rows) == 1 and (rows[0]["backend"], rows[0]["model"]) == ("hf", taught_lm)
+    assert_kept_from_the_models_answer(rows[0])
+
+
 @pytest.mark.integration
 def test_hf_backend_pipeline_counts_add_up(ray_local, tiny_lm, tmp_path):
     good = datagen.build_good_shards(str(tmp_path / "shards"), num_shards=1, per_shard=4, whole_videos=1)
@@ -234,6 +258,26 @@ def test_openai_backend_end_to_end_through_ray_http_processor(ray_local, stub_se
     # a, b, c, d asked once; only the schema failures (a, d) asked again, with the re-ask prompt
     assert len(stub_server.requests) == 6
     assert sum(r.startswith("That answer is invalid") for r in stub_server.requests) == 2
+
+
+@pytest.mark.integration
+def test_openai_backend_keeps_what_a_real_model_answers(ray_local, taught_lm, tmp_path):
+    from openai_stub_server import OpenAIStubServer
+
+    datagen.write_tar(str(tmp_path / "shards" / "00000.tar"),
+                      [datagen.clip_sample("a", "va", TAUGHT, ["crack egg", "whisk egg"], datagen.ramp_mp4())])
+    server = OpenAIStubServer(taught_lm, name="taught-lm")
+    try:
+        cfg = load_config(None, [f"data.shards={tmp_path / 'shards'}", f"data.annotations={tmp_path / 'ann'}",
+                                 "curation.backend=openai", f"curation.base_url={server.base_url}",
+                                 "curation.max_new_tokens=64", "curation.max_prompt_chars=100000"])
+        summary = pipeline.curate(cfg, progress=False)
+        assert len(server.requests) == 1  # answered right the first time: no re-ask
+    finally:
+        server.close()
+    (row,) = pq.read_table(str(tmp_path / "ann" / "00000.parquet")).to_pylist()
+    assert summary["counts"]["by_decision"] == {"kept": 1} and (row["backend"], row["model"]) == ("openai", "taught-lm")
+    assert_kept_from_the_models_answer(row)
 
 
 @pytest.mark.integration

@@ -16,10 +16,8 @@ import torch
 from instraction import kernels
 from instraction.kernels.soft_dtw.benchmark import random_cost
 from instraction.kernels.soft_dtw.reference import soft_dtw_torch
-
-pytest.importorskip("numba")
-from instraction.kernels.soft_dtw.cpu import soft_dtw_numba  # noqa: E402
-from tests.test_soft_dtw import brute_force, delannoy  # noqa: E402
+from instraction.kernels.soft_dtw.cpu import soft_dtw_numba
+from tests.test_soft_dtw import brute_force, delannoy
 
 
 def _run(fn, cost, gamma, lengths_n=None, lengths_m=None, weights=None):

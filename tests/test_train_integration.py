@@ -90,6 +90,14 @@ def test_zero2_run_trains_and_is_tracked_in_mlflow(uninterrupted):
     assert weights["net.0.weight"].shape == (32, th.FEATURES) and weights["temperature"].shape == ()
 
 
+def test_samples_seen_sums_what_each_worker_trained_on(tmp_path, dataset, mlflow_db):
+    """Rank 1 drops a row of every batch (a worker that skips clips): the count is the sum over workers."""
+    cfg = th.tiny_config(tmp_path, mlflow_db, "train.max_steps=4", "train.checkpoint_every=4", "train.max_failures=0")
+    result = run_training(cfg, str(tmp_path / "run"), {"train": dataset}, model_builder=th.toy_model_builder,
+                          collate=th.short_on_rank1_collate)
+    assert result["data_accounting"]["train"]["samples_seen"] == 4 * 4 + 4 * 3
+
+
 def test_resumed_run_continues_with_identical_weights(tmp_path, dataset, uninterrupted, mlflow_db):
     """Crash after step 6 with no retries (checkpoint at 4), then fit the same run dir again: it resumes at step 4
     and ends with the uninterrupted run's exact weights (same data, same order, nothing repeated or skipped)."""

@@ -172,6 +172,29 @@ def process_group():
     dist.destroy_process_group()
 
 
+def test_samples_seen_is_each_ranks_own_count_summed(tmp_path):
+    """Two gloo processes with different counts (rank 1 trained on fewer clips): the sum, not rank 0's count times
+    the world size."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(th.sum_on_ranks, args=([40, 28], port, str(tmp_path)), nprocs=2)
+    assert [int((tmp_path / str(rank)).read_text()) for rank in range(2)] == [68, 68]
+
+
+def test_batch_rows_counts_the_rows_a_batch_has():
+    from instraction.train.loop import batch_rows
+
+    batch = th.toy_collate({k: v[:3] for k, v in _columns(th.toy_rows(8)).items()})
+    assert batch_rows(batch) == 3
+
+
+def _columns(rows):
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
 def _batches(n: int, seed: int = 0):
     rows = th.toy_rows(4 * n, seed)
     cols = {k: np.array([r[k] for r in rows]) for k in rows[0]}

@@ -83,3 +83,32 @@ def toy_dataset(n: int = 64, seed: int = 0, poison: tuple[int, ...] = (), bad_gr
     import ray.data
 
     return ray.data.from_items(toy_rows(n, seed, poison, bad_grad))
+
+
+def sum_on_ranks(rank: int, counts: list[int], port: int, out_dir: str) -> None:
+    """torch.multiprocessing.spawn target: rank ``rank`` of a gloo group sums ``counts[rank]`` with
+    ``instraction.train.loop.sum_over_ranks`` and writes what it got to ``out_dir/<rank>``."""
+    import os
+
+    import torch.distributed as dist
+
+    from instraction.train.loop import sum_over_ranks
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=len(counts))
+    try:
+        total = sum_over_ranks(counts[rank], torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, str(rank)), "w") as f:
+        f.write(str(total))
+
+
+def short_on_rank1_collate(rows: dict) -> dict:
+    """``toy_collate`` that drops the last row on rank 1: a worker that trains on fewer clips than the others."""
+    import ray.train
+
+    batch = toy_collate(rows)
+    if ray.train.get_context().get_world_rank() == 1:
+        batch = {key: value[:-1] for key, value in batch.items()}
+    return batch

@@ -52,3 +52,37 @@ def build_tiny_lm(path: str | Path, hidden: int = 32, layers: int = 2, heads: in
     LlamaForCausalLM(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def teach_tiny_lm(path: str | Path, captions: list[str], answer: str, steps: int = 300, lr: float = 3e-3,
+                  seed: int = 0) -> str:
+    """Fine-tune the model at ``path`` (in place) until it answers ``answer`` to the curation prompt (v1) of each
+    caption, then stops: the success path of the LLM backends with a real model. Returns ``path``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from instraction.curation import prompts
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    prompt = prompts.get_prompt("v1")
+    target = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    examples = []
+    for caption in captions:
+        ids = tok.apply_chat_template(prompt.messages(caption), add_generation_prompt=True, tokenize=True)
+        ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        examples.append((torch.tensor([ids + target]), len(ids)))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        ids, start = examples[step % len(examples)]
+        labels = ids.clone()
+        labels[:, :start] = -100  # the loss is on the answer only
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(path)
+    return str(path)

@@ -17,7 +17,10 @@ Graph (streaming, nothing global):
    per segment; the decode actor cuts every window by seeking.
 2. ``map_batches(DecodeClips)`` on an actor pool (``data.decode_concurrency`` actors x ``data.decode_num_cpus``)
    decodes ``data.num_frames`` frames over each clip's window and tokenises caption, negatives, verb phrases
-   and the MAM input. Output rows (numpy): ``key`` str, ``video`` uint8 [T,H,W,3] (uint8 through the object
+   and the MAM input. An actor that dies is restarted and its batch retried (tests/test_pipeline.py kills one
+   mid-epoch). Ray logs an error line at actor start ("constructor arguments in the object store and
+   max_restarts > 0"): Ray Data itself hands every pool actor the UDF and its DataContext through ray.put, whatever
+   the UDF's arguments; the driver owns those objects, so a restart finds them while the driver's node lives. Output rows (numpy): ``key`` str, ``video`` uint8 [T,H,W,3] (uint8 through the object
    store: 4x smaller than float; :mod:`examples` normalises on the worker), ``text_ids`` int32 [L],
    ``text_mask`` bool [L], ``neg_ids`` int32 [Nn,L], ``neg_mask`` bool [Nn], ``verb_ids`` int32 [M,Lv],
    ``verb_mask`` bool [M,Lv], ``verb_count`` int32, ``mam_ids`` int32 [L], ``mam_labels`` int32 [L].

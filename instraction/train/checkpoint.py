@@ -49,7 +49,7 @@ class TrainState:
     batch_in_epoch: int = 0
     """Batches of ``epoch`` already consumed: the data position a resumed worker skips to."""
     samples_seen: int = 0
-    """Clips this worker has trained on (batches * batch size)."""
+    """Clips this worker has trained on (rows of its batches; reports sum it over ranks)."""
     skipped_nonfinite: int = 0
     """Steps skipped because the loss or the gradients were not finite (counted on every rank alike)."""
     consecutive_nonfinite: int = 0

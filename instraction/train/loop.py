@@ -117,7 +117,7 @@ class Trainer:
             metrics = self.step(to_device(batch, self.device, self.float_dtype))
             self.state.step += 1
             self.state.epoch, self.state.batch_in_epoch = self.stream.epoch, self.stream.batch_in_epoch
-            self.state.samples_seen += t.batch_size
+            self.state.samples_seen += batch_rows(batch)
             now = time.perf_counter()
             elapsed, tick = now - tick, now
             metrics.update(step_time_s=elapsed, data_wait_share=min(1.0, wait_s / elapsed),
@@ -156,9 +156,8 @@ class Trainer:
         return {**values, **diagnostics, "lr": lr, "grad_norm": grad_norm}
 
     def _counters(self) -> dict[str, int]:
-        """Where the run stands (every rank has the same values; samples are summed over ranks)."""
-        return {"epoch": self.state.epoch, "skipped_nonfinite": self.state.skipped_nonfinite,
-                "samples_seen": self.state.samples_seen * self.world}
+        """Where the run stands (every rank has the same values)."""
+        return {"epoch": self.state.epoch, "skipped_nonfinite": self.state.skipped_nonfinite}
 
     def _memory(self) -> dict[str, float]:
         """Peak resident memory of this worker process (and peak CUDA memory on GPU), GiB."""
@@ -173,6 +172,7 @@ class Trainer:
         import ray.train
 
         payload = {**metrics, **self._counters(), "step": self.state.step,
+                   "samples_seen": sum_over_ranks(self.state.samples_seen, self.device),
                    "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s}
         if not save:
             ray.train.report(payload)
@@ -200,6 +200,18 @@ class Trainer:
         with fs.open(path, "w") as f:
             f.write(str(os.getpid()))
         raise RuntimeError(f"train.fail_at_step={self.state.step}: injected worker failure")
+
+
+def batch_rows(batch: dict) -> int:
+    """Rows of a collated batch (the leading dimension of its first tensor)."""
+    return next(len(v) for v in batch.values() if torch.is_tensor(v))
+
+
+def sum_over_ranks(count: int, device: torch.device) -> int:
+    """``count`` summed over the process group (collective: every rank calls it)."""
+    total = torch.tensor([count], dtype=torch.int64, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float
