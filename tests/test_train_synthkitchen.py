@@ -27,7 +27,7 @@ def test_zero2_on_synthkitchen_lowers_the_loss(tmp_path, ray_local):
 
     from instraction.data.pipeline import training_dataset
     from instraction.data.synthetic import make_synthkitchen
-    from instraction.train.tracking import tracking_uri
+    from instraction.tracking import tracking_uri
 
     cfg = th.tiny_config(tmp_path, *SYNTH, f"data.shards={tmp_path}/shards", f"data.annotations={tmp_path}/ann",
                          f"train.max_steps={STEPS}", "train.checkpoint_every=7", "train.report_every=7",

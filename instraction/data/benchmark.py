@@ -257,6 +257,7 @@ def frames_store_rates(clips: list[np.ndarray], settings=STORE_SETTINGS, reps: i
 
     from instraction.data import frames
     from instraction.data.config import DataConfig
+    from instraction.storage import open_filesystem
 
     t, h = clips[0].shape[:2]
     out: dict = {}
@@ -270,7 +271,7 @@ def frames_store_rates(clips: list[np.ndarray], settings=STORE_SETTINGS, reps: i
             for quality, sub in settings:
                 d = DataConfig(shards=shard, annotations="", frames=os.path.join(tmp, f"q{quality}-{sub}"),
                                num_frames=t, size=h, frames_quality=quality, frames_subsampling=sub)
-                fs, root = frames.shard_io.open_filesystem(d.frames)
+                fs, root = open_filesystem(d.frames)
                 fs.makedirs(root, exist_ok=True)
                 writer = frames._Writer(fs, frames.frames_path(root, shard), local=True)
                 c0 = time.process_time()

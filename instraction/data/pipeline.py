@@ -61,6 +61,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from instraction import storage
 from instraction.data import shards as shard_io
 from instraction.data.config import DataConfig
 from instraction.data.split import is_holdout
@@ -160,7 +161,7 @@ def load_annotations(shard_uri: str, data: DataConfig) -> tuple[Optional[dict[st
         return None, None
     path = f"{data.annotations.rstrip('/')}/{shard_io.shard_stem(shard_uri)}.parquet"
     try:
-        fs, path = shard_io.open_filesystem(path, data.s3)
+        fs, path = storage.open_filesystem(path, data.s3)
         if not fs.exists(path):
             return None, None
         with fs.open(path, "rb") as f:
@@ -170,7 +171,7 @@ def load_annotations(shard_uri: str, data: DataConfig) -> tuple[Optional[dict[st
             raise ValueError(f"annotation file lacks key/decision columns: {table.column_names}")
         return {row["key"]: row for row in table.select(names).to_pylist()}, None
     except Exception as err:
-        log.warning("unreadable annotation file %s", shard_io.redact(f"{path}: {type(err).__name__}: {err}"))
+        log.warning("unreadable annotation file %s", storage.redact(f"{path}: {type(err).__name__}: {err}"))
         return None, "bad_annotation_file"
 
 
@@ -282,7 +283,7 @@ def _shard_dataset(cfg, split: str):
         raise ValueError(f"split={split!r}; choose one of {SPLITS}")
     uris = shard_io.list_shards(cfg.data.shards, cfg.data.s3)
     if not uris:
-        raise FileNotFoundError(f"no shards at data.shards={shard_io.redact(cfg.data.shards)!r}")
+        raise FileNotFoundError(f"no shards at data.shards={storage.redact(cfg.data.shards)!r}")
     if split == "train":
         random.Random(cfg.run.seed).shuffle(uris)  # shard order; rows within a shard stay in tar order
     return ray.data.from_items([{"shard": u} for u in uris], override_num_blocks=len(uris))
@@ -321,10 +322,10 @@ def decode_window(mp4: bytes, win: dict, data: DataConfig) -> tuple[Optional[np.
         if frames.shape != (data.num_frames, data.size, data.size, 3) or frames.dtype != np.uint8:
             raise RuntimeError(f"decode_frames returned {frames.dtype} {frames.shape}")
     except ValueError as err:
-        log.warning("undecodable %s: %s", win["key"], shard_io.redact(str(err)))
+        log.warning("undecodable %s: %s", win["key"], storage.redact(str(err)))
         return None, "undecodable_video"
     except Exception as err:  # never let one clip take the actor (or the extraction task) down
-        log.warning("decode error %s: %s: %s", win["key"], type(err).__name__, shard_io.redact(str(err)))
+        log.warning("decode error %s: %s: %s", win["key"], type(err).__name__, storage.redact(str(err)))
         return None, "decode_error"
     return frames, None
 
@@ -350,7 +351,7 @@ class DecodeClips:
                 try:
                     yield win, decode_clip(row["frames"], d.num_frames, d.size, d.frames_quality == 0), None
                 except Exception as err:
-                    log.warning("bad stored frames %s: %s", win["key"], shard_io.redact(str(err)))
+                    log.warning("bad stored frames %s: %s", win["key"], storage.redact(str(err)))
                     yield win, None, "bad_frames"
             return
         for row in batch.to_pylist():
