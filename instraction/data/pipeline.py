@@ -1,8 +1,7 @@
 """The training data pipeline on Ray Data: shards -> join annotations -> decode + sample frames -> tokenise.
 
     pipe = training_dataset(cfg, split="train")           # ClipPipeline(dataset, accounting)
-    TorchTrainer(..., datasets={"train": pipe.dataset}, train_loop_config={"accounting": pipe.accounting})
-    # in each worker: examples.iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size, cfg.data)
+    run_training(cfg, run_dir, {"train": pipe.dataset})    # each worker: train/batches.py's BatchStream
     pipe.report()                                          # counts (and keys) by reason, on the driver
 
 Graph (streaming, nothing global):
@@ -40,12 +39,10 @@ the reader's (``corrupt_tar``, ``missing_mp4``, ``empty_video``, ``missing_json`
 ``bad_annotation_file``, ``<decision>:<reason>`` for clips curation did not keep) and the decoder's
 (``undecodable_video``, ``decode_error``). Read tasks send one summary per shard and decode actors their failures
 (by key) to an :class:`Accounting` actor (:func:`make_accounting`); both overwrite rather than add, so task
-retries and repeated epochs do not double-count. ``pipe.report()`` on the driver (or
-``ray.get(accounting.report.remote())`` in a training worker, which gets the handle through
-``train_loop_config``) returns ``{"clips_read", "excluded_by_split", "to_decode", "delivered", "dropped":
+retries and repeated epochs do not double-count. ``pipe.report()`` on the driver returns ``{"clips_read", "excluded_by_split", "to_decode", "delivered", "dropped":
 {reason: n}, "dropped_total", "dropped_keys": {reason: [key, ...]}}``: after a full pass ``clips_read ==
 delivered + excluded_by_split + dropped_total``; :func:`format_report` prints it. The share of step time spent
-waiting for data is measured on the consumer side (:class:`instraction.data.examples.TimedBatches`).
+waiting for data is measured on the consumer side (:class:`instraction.train.batches.BatchStream`).
 """
 
 from __future__ import annotations
@@ -435,7 +432,7 @@ def training_dataset(cfg, split: str = "train", accounting=None) -> ClipPipeline
     """Shards joined with annotations, decoded and tokenised: rows of numpy arrays (module docstring).
 
     Pass ``pipe.dataset`` to ``TorchTrainer(datasets={"train": ...})``; each worker reads its part with
-    ``ray.train.get_dataset_shard("train")`` and :func:`instraction.data.examples.iter_torch_batches`.
+    ``ray.train.get_dataset_shard("train")`` through :class:`instraction.train.batches.BatchStream`.
     """
     import ray
 
