@@ -115,7 +115,7 @@ def write_text(path: str, text: str, s3=None) -> None:
 def read_json(path: str, s3=None) -> Any:
     """The JSON document at ``path`` (local or s3://); raises FileNotFoundError / OSError / ValueError."""
     fs, target = open_filesystem(path, s3)
-    with fs.open(target, "r") as f:
+    with fs.open(target, "rb") as f:  # bytes: json detects UTF-8/16/32 itself, whatever the locale
         return json.load(f)
 
 

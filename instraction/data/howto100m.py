@@ -35,12 +35,10 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv")
 
 
 def load_captions(path: str, data: DataConfig) -> dict[str, dict]:
-    fs, p = storage.open_filesystem(path, data.s3)
-    with fs.open(p, "rb") as f:
-        try:
-            captions = json.load(f)
-        except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-            raise ValueError(f"{path}: caption.json is not valid JSON: {err}") from None
+    try:
+        captions = storage.read_json(path, data.s3)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"{path}: caption.json is not valid JSON: {err}") from None
     if not isinstance(captions, dict):
         raise ValueError(f"{path}: caption.json must map video_id -> {{start, end, text}}")
     return captions

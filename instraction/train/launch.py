@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 from instraction import tracking
 from instraction.config import Config, to_yaml
-from instraction.storage import is_remote, open_filesystem, read_json_or_none, resolve
+from instraction.storage import is_remote, open_filesystem, read_json_or_none, redact, resolve
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,8 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
         tracking.log_metrics(cfg, run_id, flat_accounting(accounting), step=int(metrics.get("step", 0)))
         if weights and not is_remote(weights):
             tracking.log_artifacts(cfg, run_id, [weights])
+            if model_builder is None:  # the InstrAction model (a custom builder's weights would not load into it)
+                _log_encoder(cfg, run_id, weights, Path(run_dir.rstrip("/")).name)
         tracking.finish_run(cfg, run_id)
     return {
         "steps": int(metrics.get("step", 0)),
@@ -194,6 +196,15 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
         "metrics": metrics,
         "data_accounting": accounting,
     }
+
+
+def _log_encoder(cfg: Config, run_id: str, weights: str, name: str) -> None:
+    from instraction.encoder_model import log_encoder
+
+    try:
+        log_encoder(cfg, run_id, weights, name)
+    except Exception as err:  # tracking must not fail a finished run; say why the model is missing
+        log.warning("MLflow pyfunc model of %s not logged: %s", name, redact(f"{type(err).__name__}: {err}"))
 
 
 def cpus_needed(cfg: Config, side_by_side: bool | None = None) -> float:
