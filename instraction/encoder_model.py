@@ -1,12 +1,14 @@
-"""The trained encoder as an MLflow pyfunc model: clips (video bytes) and captions -> joint-space embeddings.
+"""The trained encoder as an MLflow pyfunc model: clips (video bytes) or frame arrays and captions -> joint-space
+embeddings.
 
     info = log_encoder(cfg, run_id, "model.safetensors", name="instraction-run")   # logged and registered
     model = mlflow.pyfunc.load_model(info.model_uri)
     out = model.predict(pd.DataFrame({"clip": [mp4_bytes], "text": ["crack the egg"]}))
     out["video_embedding"][0], out["text_embedding"][0]       # lists of floats, L2-normalised
 
-A clip is decoded as the bench decodes it (``data.num_frames`` frames at ``data.size``, whole video); a missing
-clip or caption (None) gives a None embedding. The model's artifacts are the weights and the resolved config.
+A clip is decoded as the bench decodes it (``data.num_frames`` frames at ``data.size``, whole video); ``frames``
+instead gives them decoded: uint8 RGB ``[data.num_frames, data.size, data.size, 3]`` as nested lists. Every column
+is optional; a row without video or caption gets a None embedding there. The model's artifacts are the weights and the resolved config.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ class EncoderModel(mlflow.pyfunc.PythonModel):
 
 
 def encode_rows(scorer, cfg: Config, rows: list[dict[str, Any]]) -> dict[str, list]:
-    """``[{"clip": bytes | None, "text": str | None}, ...]`` -> ``{"video_embedding": [...], "text_embedding": [...]}``."""
+    """``[{"clip": bytes | None, "frames": nested lists | None, "text": str | None}, ...]`` ->
+    ``{"video_embedding": [...], "text_embedding": [...]}``."""
     import numpy as np
 
     from instraction.data.examples import normalise_video
@@ -51,10 +54,21 @@ def encode_rows(scorer, cfg: Config, rows: list[dict[str, Any]]) -> dict[str, li
 
     d = cfg.data
     out: dict[str, list] = {"video_embedding": [None] * len(rows), "text_embedding": [None] * len(rows)}
-    clips = [i for i, r in enumerate(rows) if _present(r.get("clip"))]
-    if clips:
-        frames = np.stack([decode_frames(bytes(rows[i]["clip"]), d.num_frames, d.size) for i in clips])
-        for i, e in zip(clips, scorer.encode_video(normalise_video(frames, d))):
+    videos, frames = [], []
+    for i, r in enumerate(rows):
+        if _present(r.get("frames")):
+            f = np.asarray(r["frames"], dtype=np.uint8)
+            if f.shape != (d.num_frames, d.size, d.size, 3):
+                raise ValueError(f"row {i}: frames of shape {f.shape}, the model takes "
+                                 f"{(d.num_frames, d.size, d.size, 3)} (or pass the clip's bytes as 'clip')")
+        elif _present(r.get("clip")):
+            f = decode_frames(bytes(r["clip"]), d.num_frames, d.size)
+        else:
+            continue
+        videos.append(i)
+        frames.append(f)
+    if videos:
+        for i, e in zip(videos, scorer.encode_video(normalise_video(np.stack(frames), d))):
             out["video_embedding"][i] = e.tolist()
     texts = [i for i, r in enumerate(rows) if _present(r.get("text"))]
     if texts:
@@ -65,6 +79,13 @@ def encode_rows(scorer, cfg: Config, rows: list[dict[str, Any]]) -> dict[str, li
 
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and value != value)  # pandas gives NaN for None
+
+
+def _optional(schema):
+    """Every column of an inferred schema made optional (a row carries a clip, frames, a caption or some of them)."""
+    from mlflow.types.schema import ColSpec, Schema
+
+    return Schema([ColSpec(c.type, c.name, required=False) for c in schema.inputs])
 
 
 def log_encoder(cfg: Config, run_id: str, weights: str, name: str, example_clip: bytes | None = None):
@@ -78,15 +99,17 @@ def log_encoder(cfg: Config, run_id: str, weights: str, name: str, example_clip:
 
     from instraction import tracking
 
-    if example_clip is None:  # a grey ramp: enough to show the input's form
-        import numpy as np
+    import numpy as np
 
+    if example_clip is None:  # a grey ramp: enough to show the input's form
         from instraction.data.render import encode_h264
 
         ramp = np.linspace(0, 255, 8, dtype=np.uint8)[:, None, None, None]
         example_clip = encode_h264(np.broadcast_to(ramp, (8, 32, 32, 3)).copy(), fps=8)
     mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
-    example = pd.DataFrame({"clip": [example_clip], "text": ["crack the egg into the bowl"]})
+    d = cfg.data
+    grey = np.full((d.num_frames, d.size, d.size, 3), 128, np.uint8).tolist()
+    example = pd.DataFrame({"clip": [example_clip], "frames": [grey], "text": ["crack the egg into the bowl"]})
     with tempfile.TemporaryDirectory() as tmp:
         config = os.path.join(tmp, "config.yaml")
         with open(config, "w") as f:
@@ -94,7 +117,8 @@ def log_encoder(cfg: Config, run_id: str, weights: str, name: str, example_clip:
         artifacts = {"weights": weights, "config": config}
         loaded = EncoderModel()  # for the signature's output; the logged instance stays empty (small pickle)
         loaded.load_context(type("Context", (), {"artifacts": artifacts})())
-        signature = infer_signature(example, loaded.predict(None, example))
+        inferred = infer_signature(example, loaded.predict(None, example))
+        signature = type(inferred)(_optional(inferred.inputs), inferred.outputs)
         with mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="encoder", python_model=EncoderModel(), artifacts=artifacts, signature=signature,

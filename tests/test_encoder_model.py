@@ -36,7 +36,8 @@ def test_pyfunc_encoder_gives_the_checkpoints_embeddings(tmp_path):
     info = log_encoder(cfg, run_id, weights, name="run-a")
 
     model = mlflow.pyfunc.load_model(info.model_uri)
-    assert model.metadata.signature is not None and {c.name for c in model.metadata.signature.inputs} == {"clip", "text"}
+    assert model.metadata.signature is not None
+    assert {c.name for c in model.metadata.signature.inputs} == {"clip", "frames", "text"}
     assert model.metadata.saved_input_example_info is not None
     registered = mlflow.MlflowClient(tracking.tracking_uri(cfg)).get_registered_model("run-a")
     assert registered.latest_versions[0].run_id == run_id
@@ -49,3 +50,6 @@ def test_pyfunc_encoder_gives_the_checkpoints_embeddings(tmp_path):
     np.testing.assert_allclose(np.asarray(out["video_embedding"][0]), want_video, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(out["text_embedding"][0]), want_text, rtol=1e-5, atol=1e-6)
     assert out["video_embedding"][1] is None and out["text_embedding"][1] is None
+    # decoded frames instead of the clip, no caption column: the same vector
+    by_frames = model.predict(pd.DataFrame({"frames": [frames[0].tolist()]}))
+    np.testing.assert_allclose(np.asarray(by_frames["video_embedding"][0]), want_video, rtol=1e-5, atol=1e-6)
