@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from instraction import storage
 from instraction.config import Config, to_yaml
 
 Echo = Callable[[str], None]
@@ -83,25 +84,7 @@ class Stages:
 def run_directory(cfg: Config) -> str:
     run_id = cfg.run.id or f"{cfg.run.name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     root = cfg.run.dir.rstrip("/")
-    return f"{root}/{run_id}" if "://" in root else str(Path(root, run_id).resolve())
-
-
-def _write_text(path: str, text: str, s3=None) -> None:
-    """Write a small text file to a local path or s3:// (the S3 endpoint/credentials of data.s3). Whole or not at
-    all: locally through a temporary file and a rename; an S3 object appears only once its upload completes."""
-    from instraction.data.shards import open_filesystem
-
-    if "://" not in path:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.partial")
-        tmp.write_text(text)
-        os.replace(tmp, target)
-        return
-    fs, target = open_filesystem(path, s3)
-    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(target, "w") as f:
-        f.write(text)
+    return f"{root}/{run_id}" if storage.is_remote(root) else str(Path(storage.local_path(root), run_id).resolve())
 
 
 def prepare_data(cfg: Config, stages: Stages) -> None:
@@ -116,7 +99,7 @@ def prepare_data(cfg: Config, stages: Stages) -> None:
         present = []
     from instraction.data.synthetic import make_synthkitchen, written_by_synthkitchen
 
-    ours = "://" not in cfg.data.shards and written_by_synthkitchen(cfg.data.shards)
+    ours = not storage.is_remote(cfg.data.shards) and written_by_synthkitchen(cfg.data.shards)
     if present and not ours:
         return  # somebody else's shards: use them as they are (ours, even half-rendered, are completed below)
     with stages("data", f"SynthKitchen -> {cfg.data.shards}"):
@@ -208,9 +191,9 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
             methods["InstrAction (trained)"] = score(InstrActionScorer(trained, tokenizer, cfg.data), tables, videos,
                                                      cfg)
         methods["untrained"] = score(InstrActionScorer(untrained, tokenizer, cfg.data), tables, videos, cfg)
-        _write_text(f"{out}/results.json", report.dumps(methods), cfg.data.s3)
-        _write_text(f"{out}/tables.md", report.tables_markdown(methods), cfg.data.s3)
-        plots = write_plots(methods, out) if "://" not in out else []
+        storage.write_text(f"{out}/results.json", report.dumps(methods), cfg.data.s3)
+        storage.write_text(f"{out}/tables.md", report.tables_markdown(methods), cfg.data.s3)
+        plots = write_plots(methods, out) if not storage.is_remote(out) else []
         stages.echo(report.compare_table(methods))
     return {"methods": methods, "dir": out, "plots": plots}
 
@@ -236,9 +219,9 @@ def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:
     from instraction.bench.report import dumps
 
     run_dir = run_directory(cfg)
-    if "://" not in run_dir:
+    if not storage.is_remote(run_dir):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-    _write_text(f"{run_dir}/config.yaml", to_yaml(cfg), cfg.data.s3)
+    storage.write_text(f"{run_dir}/config.yaml", to_yaml(cfg), cfg.data.s3)
     stages = Stages(echo)
     echo(f"run directory: {run_dir}")
     with PeakMemory() as memory:
@@ -253,12 +236,12 @@ def pretrain(cfg: Config, echo: Echo = print) -> dict[str, Any]:
         summary["data_accounting"]["frames"] = frames["store"]
     if result.get("mlflow_run_id") and evaluation:
         _log_bench(cfg, result["mlflow_run_id"], evaluation, summary)
-    _write_text(f"{run_dir}/summary.json", dumps(summary), cfg.data.s3)
+    storage.write_text(f"{run_dir}/summary.json", dumps(summary), cfg.data.s3)
     return summary
 
 
 def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict[str, Any]:
-    from instraction.train import tracking
+    from instraction import tracking
 
     methods = evaluation["methods"] if evaluation else {}
     trained = methods.get("InstrAction (trained)", {})
@@ -269,7 +252,7 @@ def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict
         "steps": result.get("steps", 0),
         "mlflow_run_id": result.get("mlflow_run_id"),
         # user:password@ stripped: a postgresql+psycopg2://user:pw@host URI must not land in a file or a log
-        "mlflow_tracking_uri": tracking.redact("uri", tracking.tracking_uri(cfg)) if cfg.tracking.enabled else None,
+        "mlflow_tracking_uri": storage.redact(tracking.tracking_uri(cfg)) if cfg.tracking.enabled else None,
         "weights": result.get("weights"),
         "bench": bench,
         "baselines": {
@@ -286,7 +269,7 @@ def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict
 
 def _log_bench(cfg, run_id: str, evaluation: dict, summary: dict) -> None:
     from instraction.bench.report import flatten_metrics
-    from instraction.train import tracking
+    from instraction import tracking
 
     metrics = {}
     for method, results in evaluation["methods"].items():
@@ -295,5 +278,5 @@ def _log_bench(cfg, run_id: str, evaluation: dict, summary: dict) -> None:
     metrics["peak_memory_gib"] = summary["peak_memory_gib"]
     tracking.log_metrics(cfg, run_id, metrics, step=int(summary["steps"]))
     files = [f"{evaluation['dir']}/results.json", f"{evaluation['dir']}/tables.md", *evaluation["plots"]]
-    tracking.log_artifacts(cfg, run_id, [f for f in files if "://" in f or os.path.exists(f)], artifact_path="bench")
+    tracking.log_artifacts(cfg, run_id, [f for f in files if storage.is_remote(f) or os.path.exists(f)], artifact_path="bench")
 

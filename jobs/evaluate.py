@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instraction.config import ConfigError, load_config  # noqa: E402
+from instraction.storage import is_remote, local_path  # noqa: E402
 
 
 def _args(argv):
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif weights is not None:  # beside the checkpoint (its run directory), whichever config was passed
         out = Path(weights).parent / f"eval-{slug}"
     else:
-        base = cfg.run.dir if "://" not in cfg.run.dir else "."
+        base = local_path(cfg.run.dir) if not is_remote(cfg.run.dir) else "."
         out = Path(base) / f"eval-{slug}-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(dumps(results))

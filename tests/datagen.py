@@ -212,7 +212,7 @@ class MotoS3:
     def __enter__(self):
         from moto.server import ThreadedMotoServer
 
-        from instraction.data import shards
+        from instraction import storage
         from instraction.data.config import S3Config
 
         self.saved = {k: os.environ.get(k) for k in self.creds}
@@ -221,7 +221,7 @@ class MotoS3:
         self.server.start()
         host, port = self.server.get_host_and_port()
         cfg = S3Config(endpoint_url=f"http://{host}:{port}")
-        fs, _ = shards.open_filesystem("s3://x", cfg)
+        fs, _ = storage.open_filesystem("s3://x", cfg)
         for bucket in sorted({dest.split("/", 1)[0] for dest in self.uploads.values()}):
             fs.mkdir(bucket, acl="public-read")
         for src, dest in self.uploads.items():

@@ -29,8 +29,9 @@ from instraction.bench.evaluate import (CONTROLS, BackboneScorer, control_indice
                                         pool_size_curve)
 from instraction.bench.metrics import mcq_metrics
 from instraction.bench.plots import write_plots
-from instraction.bench.report import compare_table, dumps, flatten_metrics, metric_name, tables_markdown
+from instraction.bench.report import compare_table, dumps, flatten_metrics, tables_markdown
 from instraction.config import ConfigError, load_config, to_yaml
+from instraction.tracking import metric_name
 
 ROOT = Path(__file__).resolve().parents[1]
 T, SIZE = 4, 16

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import datagen
+from instraction import storage
 from instraction.config import load_config
 from instraction.curation import pipeline
 from instraction.curation.backends.rules import RulesBackend
@@ -76,7 +77,7 @@ def test_rules_on_synthkitchen_matches_ground_truth_and_resumes(ray_local, synth
     path = os.path.join(ann, "00001.parquet")
     stale = pq.read_table(path)
     state = json.loads(stale.schema.metadata[pipeline.META_KEY])
-    fs, _ = shards.open_filesystem(ann)
+    fs, _ = storage.open_filesystem(ann)
     pipeline.write_table(fs, path, stale, {**state, "model": "older"}, local=True)
     third = pipeline.curate(config(synth, ann), progress=False)
     assert (third["shards_curated"], third["shards_skipped"]) == (1, 1)
@@ -139,7 +140,7 @@ def test_rows_lost_in_the_backend_are_quarantined(ray_local, tmp_path, monkeypat
 def test_annotations_on_s3(ray_local, tmp_path):
     datagen.build_good_shards(str(tmp_path / "shards"), num_shards=2, per_shard=3, whole_videos=0)
     with datagen.MotoS3({}, secret="curation-secret") as s3:
-        fs, _ = shards.open_filesystem("s3://x", s3)
+        fs, _ = storage.open_filesystem("s3://x", s3)
         fs.mkdir("annotations-bucket")
         cfg = config(str(tmp_path / "shards"), "s3://annotations-bucket/ann", f"data.s3.endpoint_url={s3.endpoint_url}")
         summary = pipeline.curate(cfg, progress=False)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import Counter
 
 import numpy as np
@@ -232,24 +231,6 @@ def test_collate_follows_the_batch_contract(decoded):
     masked = batch["mam_labels"] != -100
     assert masked.any() and (batch["mam_ids"][masked] == 3).all()  # <mask> id of the word tokenizer
     assert (batch["mam_labels"][masked] == batch["text_ids"][masked]).all()
-
-
-@pytest.mark.integration
-def test_iter_torch_batches_measures_data_wait(decoded):
-    cfg, ds = decoded
-    batches = examples.iter_torch_batches(ds, batch_size=4, data=cfg.data, include_keys=True)
-    got = [b["key"] for b in batches]
-    assert sum(len(k) for k in got) == ds.count() - ds.count() % 4 and batches.batches == len(got)
-    window = batches.take_window()
-    assert 0.0 < window["data_wait_s"] <= window["elapsed_s"] and window["batches"] == len(got)
-
-    def slow(n, delay):  # a producer that takes `delay` per item: the consumer must see at least that wait
-        for i in range(n):
-            time.sleep(delay)
-            yield i
-
-    timed = examples.TimedBatches(slow(3, 0.05))
-    assert list(timed) == [0, 1, 2] and timed.data_wait_s >= 0.15 and timed.take_window()["data_wait_share"] <= 1.0
 
 
 @pytest.mark.integration

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pytest
 
 import datagen
+from instraction import storage
 from instraction.data import shards
 from instraction.data.config import S3Config
 
@@ -180,7 +181,7 @@ def test_redact_removes_secrets(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     text = (f"boom {SECRET} https://u:p@host/x?X-Amz-Signature=abcdef&X-Amz-Credential=AKIA/2024 "
             "aws_secret_access_key = hunter2")
-    clean = shards.redact(text)
+    clean = storage.redact(text)
     for leaked in (SECRET, "u:p@", "abcdef", "AKIA/2024", "hunter2"):
         assert leaked not in clean
     assert clean.startswith("boom ***")

@@ -61,7 +61,7 @@ def uninterrupted(tmp_path_factory, dataset, mlflow_db):
 def mlflow_client(cfg):
     from mlflow import MlflowClient
 
-    from instraction.train.tracking import tracking_uri
+    from instraction.tracking import tracking_uri
 
     return MlflowClient(tracking_uri=tracking_uri(cfg))
 

@@ -69,7 +69,7 @@ def scenario(tmp: Path) -> dict:
     import train_helpers as th
 
     from instraction.train.launch import run_training
-    from instraction.train.tracking import tracking_uri
+    from instraction.tracking import tracking_uri
 
     cloudpickle.register_pickle_by_value(th)
     os.environ["MULTINODE_DIR"] = str(tmp)
@@ -83,7 +83,7 @@ def scenario(tmp: Path) -> dict:
     host, port = moto.get_host_and_port()
     os.environ.update(AWS_ACCESS_KEY_ID="AKIAMULTINODE", AWS_SECRET_ACCESS_KEY="multinode-secret",
                       AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=f"http://{host}:{port}")
-    from instraction.data.shards import open_filesystem
+    from instraction.storage import open_filesystem
 
     s3, _ = open_filesystem("s3://checkpoints")
     s3.mkdir("checkpoints")

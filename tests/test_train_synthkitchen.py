@@ -27,7 +27,7 @@ def test_zero2_on_synthkitchen_lowers_the_loss(tmp_path, ray_local):
 
     from instraction.data.pipeline import training_dataset
     from instraction.data.synthetic import make_synthkitchen
-    from instraction.train.tracking import tracking_uri
+    from instraction.tracking import tracking_uri
 
     cfg = th.tiny_config(tmp_path, *SYNTH, f"data.shards={tmp_path}/shards", f"data.annotations={tmp_path}/ann",
                          f"train.max_steps={STEPS}", "train.checkpoint_every=7", "train.report_every=7",
@@ -45,5 +45,7 @@ def test_zero2_on_synthkitchen_lowers_the_loss(tmp_path, ray_local):
     assert np.mean(loss[-3:]) < 0.8 * np.mean(loss[:3]), loss
     for term in ("contrastive_loss", "distill_loss", "dtw_loss", "mam_loss"):
         assert len(client.get_metric_history(run_id, term)) == STEPS, term
+    # the trained encoder, logged as a pyfunc model and registered under the run directory's name
+    assert client.get_registered_model("run").latest_versions[0].run_id == run_id
     report = pipe.report()
     assert report["delivered"] > 0 and report["clips_read"] == report["delivered"] + report["dropped_total"]

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 import train_helpers as th
+from instraction import tracking
+from instraction.storage import redact
 from instraction.train import checkpoint as ckpt
 from instraction.train import engine
-from instraction.train import tracking
 from instraction.train.batches import BatchStream, to_device
 from instraction.train.engine import CONFIG_DIR, build_engine, deepspeed_config, floating_dtype, is_plain, param_groups
 from instraction.train.launch import cpus_needed, data_accounting, flat_accounting, storage, storage_filesystem
@@ -345,7 +346,7 @@ def test_no_credential_reaches_the_params(tmp_path):
     assert params["data.s3.endpoint_url"] == "http://***@minio:9000"
     assert not any(secret in v for v in params.values() for secret in ("hunter2", "pa55", "AKIAEXAMPLE"))
     assert params["data.tokenizer"] == "words"  # "token" inside a word is not a secret key
-    assert tracking.redact("s3.aws_secret_access_key", "abc") == "***"
+    assert redact("abc", "s3.aws_secret_access_key") == "***"
 
 
 @pytest.mark.integration
@@ -464,7 +465,7 @@ def test_relative_sqlite_tracking_uri_resolves_against_the_working_directory(tmp
     assert (tmp_path / "rel.db").exists()
     assert tracking._artifact_location("sqlite:///rel.db") == (tmp_path / "mlartifacts").as_uri()
     uri = "postgresql+psycopg2://me:s3cret@db:5432/mlflow"
-    assert tracking.redact("uri", uri) == "postgresql+psycopg2://***@db:5432/mlflow"
+    assert redact(uri) == "postgresql+psycopg2://***@db:5432/mlflow"
 
 
 def test_gpu_workers_run_without_cublaslt_addmm_unless_told(monkeypatch, tmp_path):

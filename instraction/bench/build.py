@@ -23,7 +23,7 @@ import pandas as pd
 
 from instraction import lexicon
 from instraction.bench.config import BenchConfig
-from instraction.data.shards import open_filesystem
+from instraction.storage import open_filesystem, read_json
 from instraction.data.split import is_holdout
 
 BENCH_VERSION = "1"
@@ -156,9 +156,7 @@ def load(out_dir: str, s3=None) -> BenchTables:
     for name in ("semantic", "logic", "dynamics"):
         with fs.open(f"{root}/{name}.parquet", "rb") as f:
             frames[name] = pd.read_parquet(f)
-    with fs.open(f"{root}/manifest.json") as f:
-        manifest = json.load(f)
-    return BenchTables(**frames, manifest=manifest)
+    return BenchTables(**frames, manifest=read_json(f"{out_dir.rstrip('/')}/manifest.json", s3))
 
 
 def read_annotations(location: str, s3=None) -> pd.DataFrame:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Mapping, Sequence
+
+from instraction import tracking
 
 CONTROL_LABELS = {
     "reversed": "frames reversed",
@@ -175,31 +176,13 @@ def tables_markdown(results_by_method: Mapping[str, Mapping], title: str = "Inst
     return "\n".join(parts) + "\n"
 
 
-def metric_name(*parts: str) -> str:
-    """MLflow-safe name: MLflow allows only alphanumerics, ``_ - . / :`` and spaces, so "R@1" becomes "R_at_1",
-    "Tools & appliances" "Tools and appliances", and any other character "_"."""
-    name = "/".join(parts).replace("@", "_at_").replace("&", "and")
-    return re.sub(r"[^/\w.\- :]", "_", name)
-
-
 _NOT_METRICS = {"examples", "meta", "controls_seed"}
 
 
 def flatten_metrics(results: Mapping, prefix: str = "bench") -> dict[str, float]:
-    """Every finite number of ``results`` under ``prefix/...`` (lists, ``meta`` and the alignment examples left out),
+    """Every finite number of ``results`` under ``prefix/...`` (``meta`` and the alignment examples left out),
     MLflow-safe names: ``bench/semantic/R_at_1``, ``bench/controls/shuffled/logic/ACC``, ``bench/temporal_gap/dynamics``..."""
-    out: dict[str, float] = {}
-
-    def walk(node: Any, path: list[str]) -> None:
-        if isinstance(node, Mapping):
-            for key, value in node.items():
-                if key not in _NOT_METRICS:
-                    walk(value, path + [str(key)])
-        elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
-            out[metric_name(*path)] = float(node)
-
-    walk(results, [prefix])
-    return out
+    return tracking.flatten_metrics(results, prefix, skip=_NOT_METRICS)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -228,22 +211,18 @@ def log_to_mlflow(cfg, out_dir: str, results: Mapping, files: Sequence[str], plo
     import time
 
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, RunTag
-
-    from instraction.train import tracking
 
     run_id = tracking.open_run(cfg, out_dir)
     client = MlflowClient(tracking_uri=tracking.tracking_uri(cfg))  # one client: each costs a store connection
     now = int(time.time() * 1000)
-    metrics = [Metric(k, v, now, 0) for k, v in flatten_metrics(results).items()]
+    metrics = tracking.metrics_at(flatten_metrics(results), 0, now)
     curve = results.get("pool_curve") or {}
-    metrics += [Metric(metric_name("bench", "pool_curve", "Mean_R@1"), float(v), now, int(size))
-                for size, v in zip(curve.get("sizes", []), curve.get("Mean_R@1", []))
-                if v is not None and math.isfinite(v)]
-    run_tags = [RunTag(k, str(tracking.redact(k, v))[:5000]) for k, v in (tags or {}).items()]
+    name = tracking.metric_name("bench", "pool_curve", "Mean_R@1")
+    for size, v in zip(curve.get("sizes", []), curve.get("Mean_R@1", [])):
+        if v is not None and math.isfinite(v):
+            metrics += tracking.metrics_at({name: v}, int(size), now)
     try:
-        for i in range(0, max(len(metrics), 1), 1000):  # MLflow's per-batch metric limit
-            client.log_batch(run_id, metrics=metrics[i:i + 1000], tags=run_tags if i == 0 else [])
+        tracking.log_batch(client, run_id, metrics, tags)
         for path in files:
             client.log_artifact(run_id, path)
         for path in plots:

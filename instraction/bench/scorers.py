@@ -153,16 +153,15 @@ def load_instraction(cfg, weights: str | Path, vocab_size: int, device: str | to
     from safetensors.torch import load, load_file
 
     from instraction.model.instraction import build_model
+    from instraction.storage import is_remote, local_path, open_filesystem
 
     model = build_model(cfg, vocab_size)
-    if "://" in str(weights):
-        from instraction.data.shards import open_filesystem
-
+    if is_remote(weights):
         fs, path = open_filesystem(str(weights), cfg.data.s3)
         with fs.open(path, "rb") as f:
             state = load(f.read())
     else:
-        state = load_file(str(weights), device="cpu")
+        state = load_file(local_path(weights), device="cpu")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))

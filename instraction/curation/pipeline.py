@@ -36,6 +36,7 @@ from typing import Any, Callable, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instraction import storage
 from instraction.curation.backends import make_backend
 from instraction.curation.backends.base import ANNOTATION_SCHEMA, COLUMNS, Backend, rows_to_table
 from instraction.data import shards as shard_io
@@ -81,7 +82,7 @@ def source_fingerprint(uri: str, s3) -> Optional[dict]:
     """Size and version (mtime locally, ETag on S3) of a shard: a shard rewritten under the same name (e.g. a
     re-rendered SynthKitchen) no longer matches the annotation file's state and is curated again."""
     try:
-        fs, path = shard_io.open_filesystem(uri, s3)
+        fs, path = storage.open_filesystem(uri, s3)
         info = fs.info(path)
     except Exception:  # unreadable now: iter_clips reports it; never skip such a shard
         return None
@@ -98,7 +99,7 @@ def read_state(fs, path: str) -> Optional[dict]:
             meta = pq.read_metadata(f).metadata or {}
         return json.loads(meta[META_KEY]) if META_KEY in meta else None
     except Exception as err:  # a torn or foreign file: curate the shard again
-        log.warning("unreadable annotation file %s", shard_io.redact(f"{path}: {err}"))
+        log.warning("unreadable annotation file %s", storage.redact(f"{path}: {err}"))
         return None
 
 
@@ -128,7 +129,7 @@ class _ReadShard:
                     rows.append({c: clip.get(c) for c in TEXT_SCHEMA.names})
             except Exception as err:  # iter_clips never raises by contract; if it does, count it, do not crash
                 rows.append({"key": f"{stem}#read_error", "shard": stem, "error": "read_error",
-                             "detail": shard_io.redact(f"{type(err).__name__}: {err}")})
+                             "detail": storage.redact(f"{type(err).__name__}: {err}")})
         for row in rows:
             row["video_id"] = None if row.get("video_id") is None else str(row["video_id"])
             for c in ("start", "end"):
@@ -162,7 +163,7 @@ def _curate_wave(wave: list[str], backend: Backend, cfg, state: dict, sources: d
     for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
         for src in batch.to_pylist():
             read_rows.setdefault(src["shard"], []).append(src)
-    fs, root = shard_io.open_filesystem(cfg.data.annotations, s3)
+    fs, root = storage.open_filesystem(cfg.data.annotations, s3)
     fs.makedirs(root, exist_ok=True)
     stats = []
     for uri in wave:
@@ -203,12 +204,12 @@ def curate(cfg, progress: bool = True, echo: Callable[[str], None] = log.info) -
     backend = make_backend(cur)
     shards = shard_io.list_shards(cfg.data.shards, cfg.data.s3)
     if not shards:  # an empty location is a wrong path, not a dataset of zero clips
-        raise FileNotFoundError(f"no shard (*.tar) at data.shards={shard_io.redact(cfg.data.shards)}")
+        raise FileNotFoundError(f"no shard (*.tar) at data.shards={storage.redact(cfg.data.shards)}")
     stems = Counter(shard_io.shard_stem(s) for s in shards)
     clashes = [s for s, n in stems.items() if n > 1]
     if clashes:
         raise ValueError(f"shards with the same file name would share an annotation file: {clashes[:5]}")
-    fs, root = shard_io.open_filesystem(cfg.data.annotations, cfg.data.s3)
+    fs, root = storage.open_filesystem(cfg.data.annotations, cfg.data.s3)
     state = {"backend": backend.name, "model": backend.model, "prompt_version": cur.prompt_version}
     todo, skipped = [], []
     sources = {uri: source_fingerprint(uri, cfg.data.s3) for uri in shards}

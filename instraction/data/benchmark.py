@@ -257,6 +257,7 @@ def frames_store_rates(clips: list[np.ndarray], settings=STORE_SETTINGS, reps: i
 
     from instraction.data import frames
     from instraction.data.config import DataConfig
+    from instraction.storage import open_filesystem
 
     t, h = clips[0].shape[:2]
     out: dict = {}
@@ -270,7 +271,7 @@ def frames_store_rates(clips: list[np.ndarray], settings=STORE_SETTINGS, reps: i
             for quality, sub in settings:
                 d = DataConfig(shards=shard, annotations="", frames=os.path.join(tmp, f"q{quality}-{sub}"),
                                num_frames=t, size=h, frames_quality=quality, frames_subsampling=sub)
-                fs, root = frames.shard_io.open_filesystem(d.frames)
+                fs, root = open_filesystem(d.frames)
                 fs.makedirs(root, exist_ok=True)
                 writer = frames._Writer(fs, frames.frames_path(root, shard), local=True)
                 c0 = time.process_time()
@@ -460,12 +461,22 @@ def run_pipeline(shards: str, args, collated: bool) -> dict:
     with TreeMonitor() as mon:
         start = time.perf_counter()
         if collated:
-            batches = examples.iter_torch_batches(pipe.dataset, args.batch_size, cfg.data, drop_last=False)
+            batches = pipe.dataset.iter_torch_batches(batch_size=args.batch_size, collate_fn=examples.Collate(cfg.data),
+                                                      prefetch_batches=cfg.data.prefetch_batches, drop_last=False,
+                                                      local_shuffle_buffer_size=max(cfg.data.shuffle_buffer,
+                                                                                    args.batch_size)
+                                                      if cfg.data.shuffle_buffer else None)
         else:
-            batches = examples.TimedBatches(pipe.dataset.iter_batches(
-                batch_size=args.batch_size, batch_format="numpy", prefetch_batches=cfg.data.prefetch_batches))
+            batches = pipe.dataset.iter_batches(batch_size=args.batch_size, batch_format="numpy",
+                                                prefetch_batches=cfg.data.prefetch_batches)
         marks = []  # (perf_counter, rows so far) after each batch
-        for batch in batches:
+        waited, it = 0.0, iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            waited += time.perf_counter() - t0
+            if batch is None:
+                break
             marks.append((time.perf_counter(), (marks[-1][1] if marks else 0) + batch["video"].shape[0]))
         end = time.perf_counter()
     rows = marks[-1][1]
@@ -475,7 +486,7 @@ def run_pipeline(shards: str, args, collated: bool) -> dict:
             "steady_clips_per_s": (r1 - r0) / max(1e-9, t1 - t0),
             "clips_per_cpu_s": rows / max(1e-9, mon.cpu_s()),
             "steady_clips_per_cpu_s": (r1 - r0) / max(1e-9, mon.cpu_s(t0, t1)),
-            "consumer_wait_share": batches.data_wait_s / (end - start), "peak_tree_rss_mb": mon.peak_rss / 2**20,
+            "consumer_wait_share": waited / (end - start), "peak_tree_rss_mb": mon.peak_rss / 2**20,
             "dropped": pipe.report()["dropped"]}
 
 

@@ -1,10 +1,7 @@
-"""Rows of the decode stage -> the batch contract (docs/ARCHITECTURE.md), and a batch iterator that times data waits.
+"""Rows of the decode stage -> the batch contract (docs/ARCHITECTURE.md).
 
-    batches = iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size=32, data=cfg.data)
-    for batch in batches:                       # dict of tensors, already on the Ray Train device
-        ...step...
-        if step % log_every == 0:
-            log(batches.take_window())           # {"data_wait_s", "elapsed_s", "data_wait_share", "batches"}
+    batch = collate(rows, cfg.data)                          # numpy rows of the decode stage -> dict of tensors
+    shard.iter_torch_batches(batch_size=32, collate_fn=Collate(cfg.data))   # what train/batches.py does per epoch
 
 Batch contract (B rows): ``video`` float32 [B,T,3,H,W] normalised with data.mean/std; ``text_ids`` long [B,L],
 ``text_mask`` bool [B,L]; ``neg_ids`` long [B,Nn,L], ``neg_mask`` bool [B,Nn] (real negatives; padding rows are
@@ -16,8 +13,7 @@ action tokens); optional ``key`` list[str].
 
 from __future__ import annotations
 
-import time
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -98,68 +94,3 @@ class Collate(_CollateBase):
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         return collate(batch, self.data, self.include_keys, self.rng)
-
-
-class TimedBatches:
-    """Iterates batches and measures the time the consumer spends waiting for the next one.
-
-    ``data_wait_s`` accumulates the time inside ``next()`` (fetch + collate not hidden by prefetching);
-    ``take_window()`` returns and resets the wait and wall time since the last call, so the training loop can
-    report ``data_wait_share`` = waiting / wall per logging interval.
-    """
-
-    def __init__(self, batches: Iterable[Any]):
-        self._batches = batches
-        self.data_wait_s = 0.0
-        self.batches = 0
-        self._window_wait = 0.0
-        self._window_batches = 0
-        self._window_start: Optional[float] = None
-
-    def __iter__(self) -> Iterator[Any]:
-        it = iter(self._batches)
-        if self._window_start is None:
-            self._window_start = time.perf_counter()
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                self._add(time.perf_counter() - t0, 0)
-                return
-            self._add(time.perf_counter() - t0, 1)
-            yield batch
-
-    def _add(self, waited: float, n: int) -> None:
-        self.data_wait_s += waited
-        self._window_wait += waited
-        self.batches += n
-        self._window_batches += n
-
-    def take_window(self) -> dict[str, float]:
-        now = time.perf_counter()
-        elapsed = now - (self._window_start if self._window_start is not None else now)
-        out = {"data_wait_s": self._window_wait, "elapsed_s": elapsed,
-               "data_wait_share": self._window_wait / elapsed if elapsed > 0 else 0.0,
-               "batches": float(self._window_batches)}
-        self._window_wait, self._window_batches, self._window_start = 0.0, 0, now
-        return out
-
-
-def iter_torch_batches(dataset_shard, batch_size: int, data: DataConfig, *, drop_last: bool = True,
-                       include_keys: bool = False, device: str = "auto", seed: Optional[int] = None) -> TimedBatches:
-    """Contract batches from a Ray ``DataIterator`` (``ray.train.get_dataset_shard``) or ``Dataset``, timed.
-
-    Collation runs in Ray's prefetch threads (``data.prefetch_batches``), so the measured wait is what the step
-    really waited. Without ``include_keys`` a batch holds tensors only and Ray moves it to the Ray Train device.
-    """
-    batches = dataset_shard.iter_torch_batches(
-        batch_size=batch_size,
-        collate_fn=Collate(data, include_keys),
-        prefetch_batches=data.prefetch_batches,
-        drop_last=drop_last,
-        local_shuffle_buffer_size=max(data.shuffle_buffer, batch_size) if data.shuffle_buffer else None,
-        local_shuffle_seed=seed,
-        device=device,
-    )
-    return TimedBatches(batches)

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from instraction import storage
 from instraction.data import pipeline
 from instraction.data import shards as shard_io
 from instraction.data.config import DataConfig
@@ -120,7 +121,7 @@ def read_state(fs, path: str) -> Optional[dict]:
             meta = pq.read_metadata(f).metadata or {}
         return json.loads(meta[META_KEY]) if META_KEY in meta else None
     except Exception as err:  # torn or foreign: extract again
-        log.warning("unreadable frames file %s", shard_io.redact(f"{path}: {err}"))
+        log.warning("unreadable frames file %s", storage.redact(f"{path}: {err}"))
         return None
 
 
@@ -189,7 +190,7 @@ def extract_shard(item: dict, *, data: DataConfig, settings: dict, key_limit: in
     written, writer = 0, None
     try:
         sources = shard_sources(uri, data)
-        fs, root = shard_io.open_filesystem(data.frames, data.s3)
+        fs, root = storage.open_filesystem(data.frames, data.s3)
         for clip, ann in pipeline._joined_clips(uri, data, (0.0, 0), "all", True, tally):
             if writer is None:
                 fs.makedirs(root, exist_ok=True)
@@ -223,8 +224,8 @@ def extract_shard(item: dict, *, data: DataConfig, settings: dict, key_limit: in
                 writer.abort()
             except Exception:
                 pass
-        summary = {"error": shard_io.redact(f"{type(err).__name__}: {err}"), "clips_read": tally.clips_read}
-        log.warning("frames extraction failed for %s: %s", shard_io.redact(uri), summary["error"])
+        summary = {"error": storage.redact(f"{type(err).__name__}: {err}"), "clips_read": tally.clips_read}
+        log.warning("frames extraction failed for %s: %s", storage.redact(uri), summary["error"])
     return {"shard": uri, "summary": json.dumps(summary)}
 
 
@@ -251,12 +252,12 @@ def extract_frames(cfg, progress: bool = True, echo: Callable[[str], None] = log
         raise ValueError("data.frames is not set: where should the frames store go?")
     shards = shard_io.list_shards(d.shards, d.s3)
     if not shards:
-        raise FileNotFoundError(f"no shard (*.tar) at data.shards={shard_io.redact(d.shards)}")
+        raise FileNotFoundError(f"no shard (*.tar) at data.shards={storage.redact(d.shards)}")
     clashes = [s for s, n in Counter(shard_io.shard_stem(s) for s in shards).items() if n > 1]
     if clashes:
         raise ValueError(f"shards with the same file name would share a frames file: {clashes[:5]}")
     settings = frame_settings(d)
-    fs, root = shard_io.open_filesystem(d.frames, d.s3)
+    fs, root = storage.open_filesystem(d.frames, d.s3)
     todo, skipped = [], {}
     for uri in shards:
         state = read_state(fs, frames_path(root, uri))
@@ -265,7 +266,7 @@ def extract_frames(cfg, progress: bool = True, echo: Callable[[str], None] = log
         else:
             todo.append(uri)
     echo(f"frames: {len(shards)} shards, {len(todo)} to extract, {len(skipped)} current "
-         f"({d.num_frames} frames at {d.size}, quality {d.frames_quality}) -> {shard_io.redact(d.frames)}")
+         f"({d.num_frames} frames at {d.size}, quality {d.frames_quality}) -> {storage.redact(d.frames)}")
     per_shard: dict[str, dict] = {}
     if todo:
         ctx = ray.data.DataContext.get_current()
@@ -313,7 +314,7 @@ class StoreReader:
         self.index: dict[str, tuple[int, int, Optional[str]]] = {}
         self.group: tuple[int, Optional[list]] = (-1, None)
         try:
-            fs, path = shard_io.open_filesystem(frames_path(data.frames, shard_uri), data.s3)
+            fs, path = storage.open_filesystem(frames_path(data.frames, shard_uri), data.s3)
             if not fs.exists(path):
                 self.error = "missing_frames"
                 return
@@ -331,7 +332,7 @@ class StoreReader:
                 for i, (key, err) in enumerate(zip(part.column("key").to_pylist(), part.column("error").to_pylist())):
                     self.index[key] = (g, i, err)
         except Exception as err:
-            log.warning("unreadable frames file for %s", shard_io.redact(f"{shard_uri}: {type(err).__name__}: {err}"))
+            log.warning("unreadable frames file for %s", storage.redact(f"{shard_uri}: {type(err).__name__}: {err}"))
             self.error = "bad_frames_file"
 
     def get(self, key: str) -> tuple[Optional[list[bytes]], Optional[str]]:
@@ -347,6 +348,6 @@ class StoreReader:
             try:
                 self.group = (g, self.file.read_row_group(g, columns=["frames"]).column("frames").to_pylist())
             except Exception as e:
-                log.warning("unreadable row group %d of a frames file: %s", g, shard_io.redact(str(e)))
+                log.warning("unreadable row group %d of a frames file: %s", g, storage.redact(str(e)))
                 return None, "bad_frames_file"
         return self.group[1][i], None

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from typing import Any, Callable, Optional
 
+from instraction import storage
 from instraction.data import shards as shard_io
 from instraction.data.config import DataConfig
 
@@ -34,12 +35,10 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv")
 
 
 def load_captions(path: str, data: DataConfig) -> dict[str, dict]:
-    fs, p = shard_io.open_filesystem(path, data.s3)
-    with fs.open(p, "rb") as f:
-        try:
-            captions = json.load(f)
-        except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-            raise ValueError(f"{path}: caption.json is not valid JSON: {err}") from None
+    try:
+        captions = storage.read_json(path, data.s3)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"{path}: caption.json is not valid JSON: {err}") from None
     if not isinstance(captions, dict):
         raise ValueError(f"{path}: caption.json must map video_id -> {{start, end, text}}")
     return captions
@@ -47,7 +46,7 @@ def load_captions(path: str, data: DataConfig) -> dict[str, dict]:
 
 def index_videos(folder: str, data: DataConfig) -> dict[str, str]:
     """``{video_id: path}`` of the videos in ``folder`` (one listing; .mp4 preferred over .webm over .mkv)."""
-    fs, root = shard_io.open_filesystem(folder, data.s3)
+    fs, root = storage.open_filesystem(folder, data.s3)
     found: dict[str, str] = {}
     for path in sorted(fs.ls(root, detail=False)):
         name = str(path).rsplit("/", 1)[-1]
@@ -198,7 +197,7 @@ def _read_video(fs, path: str) -> bytes:
         with fs.open(path, "rb") as f:
             return f.read()
     except Exception as err:  # OSError locally; fsspec backends (s3fs, aiohttp, botocore) raise their own types
-        message = shard_io.redact(f"{path}: {type(err).__name__}: {err}")
+        message = storage.redact(f"{path}: {type(err).__name__}: {err}")
         log.warning("skipping unreadable video %s", message)
         raise LookupError("unreadable_video", message) from None
 
@@ -211,7 +210,7 @@ def convert(data: DataConfig, progress: Optional[Callable[[dict], None]] = None)
     conv = data.convert
     if not conv.captions or not conv.videos:
         raise ValueError("set data.convert.captions and data.convert.videos")
-    out_fs, root = shard_io.open_filesystem(data.shards, data.s3)
+    out_fs, root = storage.open_filesystem(data.shards, data.s3)
     if not shard_io.is_s3(data.shards):
         out_fs.makedirs(root, exist_ok=True)
     try:
@@ -222,7 +221,7 @@ def convert(data: DataConfig, progress: Optional[Callable[[dict], None]] = None)
         raise FileExistsError(f"{data.shards} already holds shards; set data.convert.overwrite=true to replace them")
     captions = load_captions(conv.captions, data)
     videos = index_videos(conv.videos, data)
-    in_fs, _ = shard_io.open_filesystem(conv.videos, data.s3)
+    in_fs, _ = storage.open_filesystem(conv.videos, data.s3)
     ids = list(captions)[: conv.max_videos or None]
     width = max(4, len(str(conv.samples_per_shard - 1)))
     status, segs, missing = Counter(), Counter(), []
@@ -254,7 +253,7 @@ def convert(data: DataConfig, progress: Optional[Callable[[dict], None]] = None)
                     raise LookupError("no_segments", "no usable caption segment")
             except LookupError as err:
                 reason, message = err.args
-                record.update(status=reason, error_message=shard_io.redact(message))
+                record.update(status=reason, error_message=storage.redact(message))
                 status[reason] += 1
                 if reason == "missing_video" and len(missing) < 1000:
                     missing.append(video_id)

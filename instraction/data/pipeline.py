@@ -1,8 +1,7 @@
 """The training data pipeline on Ray Data: shards -> join annotations -> decode + sample frames -> tokenise.
 
     pipe = training_dataset(cfg, split="train")           # ClipPipeline(dataset, accounting)
-    TorchTrainer(..., datasets={"train": pipe.dataset}, train_loop_config={"accounting": pipe.accounting})
-    # in each worker: examples.iter_torch_batches(ray.train.get_dataset_shard("train"), batch_size, cfg.data)
+    run_training(cfg, run_dir, {"train": pipe.dataset})    # each worker: train/batches.py's BatchStream
     pipe.report()                                          # counts (and keys) by reason, on the driver
 
 Graph (streaming, nothing global):
@@ -43,12 +42,10 @@ the reader's (``corrupt_tar``, ``missing_mp4``, ``empty_video``, ``missing_json`
 ``bad_annotation_file``, ``<decision>:<reason>`` for clips curation did not keep) and the decoder's
 (``undecodable_video``, ``decode_error``). Read tasks send one summary per shard and decode actors their failures
 (by key) to an :class:`Accounting` actor (:func:`make_accounting`); both overwrite rather than add, so task
-retries and repeated epochs do not double-count. ``pipe.report()`` on the driver (or
-``ray.get(accounting.report.remote())`` in a training worker, which gets the handle through
-``train_loop_config``) returns ``{"clips_read", "excluded_by_split", "to_decode", "delivered", "dropped":
+retries and repeated epochs do not double-count. ``pipe.report()`` on the driver returns ``{"clips_read", "excluded_by_split", "to_decode", "delivered", "dropped":
 {reason: n}, "dropped_total", "dropped_keys": {reason: [key, ...]}}``: after a full pass ``clips_read ==
 delivered + excluded_by_split + dropped_total``; :func:`format_report` prints it. The share of step time spent
-waiting for data is measured on the consumer side (:class:`instraction.data.examples.TimedBatches`).
+waiting for data is measured on the consumer side (:class:`instraction.train.batches.BatchStream`).
 """
 
 from __future__ import annotations
@@ -64,6 +61,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
+from instraction import storage
 from instraction.data import shards as shard_io
 from instraction.data.config import DataConfig
 from instraction.data.split import is_holdout
@@ -163,7 +161,7 @@ def load_annotations(shard_uri: str, data: DataConfig) -> tuple[Optional[dict[st
         return None, None
     path = f"{data.annotations.rstrip('/')}/{shard_io.shard_stem(shard_uri)}.parquet"
     try:
-        fs, path = shard_io.open_filesystem(path, data.s3)
+        fs, path = storage.open_filesystem(path, data.s3)
         if not fs.exists(path):
             return None, None
         with fs.open(path, "rb") as f:
@@ -173,7 +171,7 @@ def load_annotations(shard_uri: str, data: DataConfig) -> tuple[Optional[dict[st
             raise ValueError(f"annotation file lacks key/decision columns: {table.column_names}")
         return {row["key"]: row for row in table.select(names).to_pylist()}, None
     except Exception as err:
-        log.warning("unreadable annotation file %s", shard_io.redact(f"{path}: {type(err).__name__}: {err}"))
+        log.warning("unreadable annotation file %s", storage.redact(f"{path}: {type(err).__name__}: {err}"))
         return None, "bad_annotation_file"
 
 
@@ -285,7 +283,7 @@ def _shard_dataset(cfg, split: str):
         raise ValueError(f"split={split!r}; choose one of {SPLITS}")
     uris = shard_io.list_shards(cfg.data.shards, cfg.data.s3)
     if not uris:
-        raise FileNotFoundError(f"no shards at data.shards={shard_io.redact(cfg.data.shards)!r}")
+        raise FileNotFoundError(f"no shards at data.shards={storage.redact(cfg.data.shards)!r}")
     if split == "train":
         random.Random(cfg.run.seed).shuffle(uris)  # shard order; rows within a shard stay in tar order
     return ray.data.from_items([{"shard": u} for u in uris], override_num_blocks=len(uris))
@@ -324,10 +322,10 @@ def decode_window(mp4: bytes, win: dict, data: DataConfig) -> tuple[Optional[np.
         if frames.shape != (data.num_frames, data.size, data.size, 3) or frames.dtype != np.uint8:
             raise RuntimeError(f"decode_frames returned {frames.dtype} {frames.shape}")
     except ValueError as err:
-        log.warning("undecodable %s: %s", win["key"], shard_io.redact(str(err)))
+        log.warning("undecodable %s: %s", win["key"], storage.redact(str(err)))
         return None, "undecodable_video"
     except Exception as err:  # never let one clip take the actor (or the extraction task) down
-        log.warning("decode error %s: %s: %s", win["key"], type(err).__name__, shard_io.redact(str(err)))
+        log.warning("decode error %s: %s: %s", win["key"], type(err).__name__, storage.redact(str(err)))
         return None, "decode_error"
     return frames, None
 
@@ -353,7 +351,7 @@ class DecodeClips:
                 try:
                     yield win, decode_clip(row["frames"], d.num_frames, d.size, d.frames_quality == 0), None
                 except Exception as err:
-                    log.warning("bad stored frames %s: %s", win["key"], shard_io.redact(str(err)))
+                    log.warning("bad stored frames %s: %s", win["key"], storage.redact(str(err)))
                     yield win, None, "bad_frames"
             return
         for row in batch.to_pylist():
@@ -437,7 +435,7 @@ def training_dataset(cfg, split: str = "train", accounting=None) -> ClipPipeline
     """Shards joined with annotations, decoded and tokenised: rows of numpy arrays (module docstring).
 
     Pass ``pipe.dataset`` to ``TorchTrainer(datasets={"train": ...})``; each worker reads its part with
-    ``ray.train.get_dataset_shard("train")`` and :func:`instraction.data.examples.iter_torch_batches`.
+    ``ray.train.get_dataset_shard("train")`` through :class:`instraction.train.batches.BatchStream`.
     """
     import ray
 

@@ -36,6 +36,7 @@ import tarfile
 from typing import Any, Iterator, Optional
 
 from instraction.data.config import S3Config
+from instraction.storage import is_s3, open_filesystem, redact
 
 log = logging.getLogger(__name__)
 
@@ -44,54 +45,9 @@ VIDEO_EXTS = ("mp4", "webm", "mkv", "mov", "m4v", "avi")
 
 _BLOCK = 512
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-_SECRET_PARAMS = re.compile(
-    r"(?i)(aws_secret_access_key|aws_access_key_id|aws_session_token|secret|password|token|"
-    r"x-amz-signature|x-amz-credential|x-amz-security-token|signature|credential)(['\"]?\s*[=:]\s*['\"]?)"
-    r"([^&\s'\",}]+)"
-)
-_URL_USERINFO = re.compile(r"(?i)([a-z][a-z0-9+.-]*://)[^/@\s]+@")
 
 
 # ---------------------------------------------------------------------------------------------- filesystem
-
-
-def redact(text: str) -> str:
-    """``text`` with credentials removed: values of the AWS credential env vars, ``secret=...``-like parameters
-    and ``user:pass@`` in URLs. Applied to every message this package logs or puts into a row."""
-    text = str(text)
-    for name in _SECRET_ENV:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    text = _SECRET_PARAMS.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
-    return _URL_USERINFO.sub(r"\1***@", text)
-
-
-def is_s3(spec: str) -> bool:
-    return str(spec).startswith(("s3://", "s3a://"))
-
-
-def open_filesystem(spec: str, s3: Optional[S3Config] = None):
-    """``(fsspec filesystem, path without protocol)`` for a local path or an ``s3://`` URI.
-
-    S3: s3fs with the endpoint from ``s3.endpoint_url`` or ``AWS_ENDPOINT_URL`` (MinIO, moto, R2...), the region
-    from ``s3.region`` and credentials from the standard chain (never passed through config).
-    """
-    import fsspec
-
-    spec = str(spec)
-    if is_s3(spec):
-        import s3fs
-
-        s3 = s3 or S3Config()
-        endpoint = s3.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-        client_kwargs = {"region_name": s3.region} if s3.region else {}
-        fs = s3fs.S3FileSystem(
-            anon=s3.anon, endpoint_url=endpoint, client_kwargs=client_kwargs, use_listings_cache=False
-        )
-        return fs, spec.split("://", 1)[1].rstrip("/")
-    return fsspec.filesystem("file"), os.path.abspath(os.path.expanduser(spec))
 
 
 def _uri(spec: str, path: str) -> str:

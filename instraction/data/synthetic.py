@@ -42,6 +42,7 @@ import numpy as np
 
 from instraction.data import captions, render
 from instraction.data.config import SynthConfig
+from instraction.storage import is_remote
 
 GENERATOR_VERSION = "synthkitchen-1"  # with the source fingerprint, the cache key of a generated dataset
 MARKER = "_synthkitchen.json"
@@ -269,10 +270,10 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
     gives Ray no CPU), else one after another in this process. The bytes are the same either way (a shard depends
     on (cfg, shard) only).
     """
-    if "://" in str(out_dir):
+    if is_remote(out_dir):
         raise ValueError(f"SynthKitchen writes to a local directory, not {out_dir!r} (copy the shards afterwards)")
     cfg.validate("synthetic")
-    out = Path(out_dir)
+    out = Path(str(out_dir).removeprefix("file://"))
     out.mkdir(parents=True, exist_ok=True)
     digest = config_hash(cfg)
     paths = [str(out / f"{s:05d}.tar") for s in range(cfg.num_shards)]

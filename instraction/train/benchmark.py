@@ -140,7 +140,7 @@ def ray_run(cfg, rows: list[dict], warmup: int) -> dict:
     from mlflow import MlflowClient
 
     from instraction.train.launch import run_training
-    from instraction.train.tracking import tracking_uri
+    from instraction.tracking import tracking_uri
 
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp, TreeMemory() as memory:
         cfg.run.dir = tmp

@@ -23,11 +23,11 @@ class FailureLogger(UserCallback):
     def after_exception(self, run_context, worker_exceptions) -> None:
         from mlflow import MlflowClient
 
-        from instraction.train.tracking import redact
+        from instraction.storage import redact
 
         self.failures += 1
         first_rank = min(worker_exceptions)
-        message = redact("error", f"rank {first_rank}: {worker_exceptions[first_rank]!r}")[:500]
+        message = redact(f"rank {first_rank}: {worker_exceptions[first_rank]!r}")[:500]
         try:
             client = MlflowClient(tracking_uri=self.tracking_uri)
             client.log_metric(self.run_id, "worker_failures", self.failures, timestamp=int(time.time() * 1000))

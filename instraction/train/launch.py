@@ -21,8 +21,9 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from instraction import tracking
 from instraction.config import Config, to_yaml
-from instraction.train import tracking
+from instraction.storage import is_remote, open_filesystem, read_json_or_none, redact, resolve
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,12 @@ log = logging.getLogger(__name__)
 REPORT_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
-def _local(path: str) -> str:
-    return path if tracking.is_remote(path) else str(Path(path).expanduser().resolve())
-
-
 def storage(cfg: Config, run_dir: str) -> tuple[str, str]:
     """(Ray Train storage_path, run name): checkpoints land in ``<storage_path>/<name>/checkpoint_<step>``."""
-    run_dir = _local(run_dir).rstrip("/")
+    run_dir = resolve(run_dir).rstrip("/")
     name = run_dir.rsplit("/", 1)[-1]
     if cfg.train.storage_path:
-        return _local(cfg.train.storage_path), name
+        return resolve(cfg.train.storage_path), name
     return run_dir.rsplit("/", 1)[0], name
 
 
@@ -56,8 +53,6 @@ def storage_filesystem(cfg: Config, storage_path: str):
         return None, storage_path
     import pyarrow.fs
 
-    from instraction.data.shards import open_filesystem
-
     fs, path = open_filesystem(storage_path, cfg.data.s3)
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
 
@@ -67,7 +62,7 @@ def loop_config(cfg: Config, run_dir: str, mlflow_run_id: str | None,
     """What every worker receives: the resolved config as YAML (plain data), the run dir, the MLflow run."""
     return {
         "config_yaml": to_yaml(cfg),
-        "run_dir": _local(run_dir),
+        "run_dir": resolve(run_dir),
         "mlflow_uri": tracking.tracking_uri(cfg) if mlflow_run_id else None,
         "mlflow_run_id": mlflow_run_id,
         "model_builder": model_builder,
@@ -152,17 +147,17 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
 
     if "train" not in datasets:
         raise ValueError(f"datasets needs a 'train' dataset, got {sorted(datasets)}")
-    run_dir = _local(run_dir)
+    run_dir = resolve(run_dir)
     for key, value in REPORT_POLL_ENV.items():
         os.environ.setdefault(key, value)
     if not cfg.train.resume and has_previous_run(cfg, run_dir):
         raise FileExistsError(f"{run_dir} already holds a Ray Train run and train.resume=false: choose a new run "
                               "directory (or set train.resume=true to continue it)")
-    if not tracking.is_remote(run_dir):
+    if not is_remote(run_dir):
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     warn_if_cluster_too_small(cfg)
     run_id = tracking.open_run(cfg, run_dir) if cfg.tracking.enabled else None
-    progress = None if tracking.is_remote(run_dir) else f"{run_dir}/progress.log"
+    progress = None if is_remote(run_dir) else f"{run_dir}/progress.log"
     callbacks = [ProgressPrinter(cfg.train.max_steps, path=progress)]
     if run_id:
         callbacks.append(FailureLogger(tracking.tracking_uri(cfg), run_id))
@@ -188,8 +183,10 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     accounting = data_accounting(cfg, metrics)
     if run_id:
         tracking.log_metrics(cfg, run_id, flat_accounting(accounting), step=int(metrics.get("step", 0)))
-        if weights and not tracking.is_remote(weights):
+        if weights and not is_remote(weights):
             tracking.log_artifacts(cfg, run_id, [weights])
+            if model_builder is None:  # the InstrAction model (a custom builder's weights would not load into it)
+                _log_encoder(cfg, run_id, weights, Path(run_dir.rstrip("/")).name)
         tracking.finish_run(cfg, run_id)
     return {
         "steps": int(metrics.get("step", 0)),
@@ -199,6 +196,15 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
         "metrics": metrics,
         "data_accounting": accounting,
     }
+
+
+def _log_encoder(cfg: Config, run_id: str, weights: str, name: str) -> None:
+    from instraction.encoder_model import log_encoder
+
+    try:
+        log_encoder(cfg, run_id, weights, name)
+    except Exception as err:  # tracking must not fail a finished run; say why the model is missing
+        log.warning("MLflow pyfunc model of %s not logged: %s", name, redact(f"{type(err).__name__}: {err}"))
 
 
 def cpus_needed(cfg: Config, side_by_side: bool | None = None) -> float:
@@ -236,7 +242,6 @@ def _fetch_weights(checkpoint, run_dir: str, s3) -> str | None:
     """Copy the final checkpoint's model.safetensors (only that file, wherever the storage is) to the run dir."""
     import pyarrow.fs
 
-    from instraction.data.shards import open_filesystem
     from instraction.train.checkpoint import WEIGHTS_FILE
 
     if checkpoint is None:
@@ -260,7 +265,7 @@ def data_accounting(cfg: Config, metrics: Mapping[str, Any]) -> dict[str, Any]:
         "epochs_completed": int(metrics.get("epoch", 0)),
         "skipped_nonfinite_steps": int(metrics.get("skipped_nonfinite", 0)),
     }}
-    summary = _read_json(f"{cfg.data.annotations.rstrip('/')}/summary.json", cfg.data.s3)
+    summary = read_json_or_none(f"{cfg.data.annotations.rstrip('/')}/summary.json", cfg.data.s3)
     if summary is not None:
         out["curation"] = summary.get("table", summary)
     return out
@@ -268,27 +273,4 @@ def data_accounting(cfg: Config, metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def flat_accounting(accounting: Mapping[str, Any], prefix: str = "data") -> dict[str, float]:
     """Numeric leaves of the accounting as MLflow metric names (``data/train/samples_seen``, ...)."""
-    out: dict[str, float] = {}
-    for key, value in accounting.items():
-        name = f"{prefix}/{key}"
-        if isinstance(value, Mapping):
-            out.update(flat_accounting(value, name))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
-
-
-def _read_json(path: str, s3) -> dict | None:
-    import json
-
-    from instraction.data.shards import open_filesystem
-
-    try:
-        fs, fs_path = open_filesystem(path, s3)
-        if not fs.exists(fs_path):
-            return None
-        with fs.open(fs_path, "r") as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        log.warning("cannot read %s: %s", path, err)
-        return None
+    return tracking.flatten_metrics(accounting, prefix)

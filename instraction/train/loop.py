@@ -99,7 +99,7 @@ class Trainer:
                                   seed=cfg.run.seed, rank=self.rank)
         self.metric_logger = None
         if self.rank == 0 and loop_config.get("mlflow_run_id"):
-            from instraction.train.tracking import MetricLogger
+            from instraction.tracking import MetricLogger
 
             self.metric_logger = MetricLogger(loop_config["mlflow_uri"], loop_config["mlflow_run_id"])
         log.info("rank %d/%d ready in %.1f s (ZeRO-%d, %s, %s, seed %d + rank)", self.rank, self.world,
@@ -192,7 +192,7 @@ class Trainer:
         """Test switch ``train.fail_at_step``: rank 0 raises once (a marker in the run directory remembers)."""
         if self.cfg.train.fail_at_step != self.state.step or self.rank != 0:
             return
-        from instraction.data.shards import open_filesystem
+        from instraction.storage import open_filesystem
 
         fs, path = open_filesystem(f"{self.run_dir.rstrip('/')}/.failed_at_step_{self.state.step}", self.cfg.data.s3)
         if fs.exists(path):

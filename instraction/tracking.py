@@ -1,9 +1,12 @@
-"""MLflow tracking: one MLflow run per training run, created by the driver, written to by rank 0.
+"""MLflow tracking for every component: one MLflow run per training run (or bench evaluation directory), created
+by the driver, written to by rank 0.
 
     driver  open_run(cfg, run_dir)     -> run id (reused from <run_dir>/mlflow_run_id after a restart);
                                           logs the resolved config as flattened params and as config.yaml
     rank 0  MetricLogger(uri, run_id)  -> every step's metrics, batched, from a background thread
     driver  log_artifacts / finish_run -> final weights (safetensors), bench results, data accounting
+    any     log_batch(client, run_id, metrics, tags) -> MLflow's per-call limits, in one place
+            flatten_metrics(tree, prefix)            -> {"prefix/a/b": float}: the one nested-dict -> metrics flattener
 
 The store is ``MLFLOW_TRACKING_URI`` when set, else ``tracking.tracking_uri``, else a local SQLite file
 ``<run.dir>/mlflow.db`` (MLflow's ./mlruns file store is in maintenance mode) with artifacts beside it. No
@@ -13,27 +16,25 @@ credential is ever logged: URIs lose their user:password part and values of secr
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from instraction.config import Config, flatten, to_yaml
+from instraction.storage import is_remote, open_filesystem, redact, resolve
 
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run_id"
-_SECRET_KEY = re.compile(
-    r"(^|[_-])(secret|password|passwd|token|credentials?|api[_-]?key|access[_-]?key|private[_-]?key)($|[_-])", re.I)
-_URI_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@", re.I)
 _PARAM_MAX = 6000  # MLflow's limit on a param value
-
-
-def is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
+_TAG_MAX = 5000  # MLflow's limit on a tag value
+_METRICS_PER_BATCH = 1000  # MLflow's limits per log_batch call
+_PARAMS_PER_BATCH = 100
 
 
 def tracking_uri(cfg: Config) -> str:
@@ -41,26 +42,14 @@ def tracking_uri(cfg: Config) -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking.tracking_uri
     if uri:
         return uri
-    base = cfg.run.dir if not is_remote(cfg.run.dir) else "."
-    db = Path(base).expanduser().resolve() / "mlflow.db"
+    db = Path(resolve(cfg.run.dir) if not is_remote(cfg.run.dir) else ".").resolve() / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{db}"
 
 
-def redact(key: str, value: Any) -> Any:
-    """Mask secret-looking keys and strip ``user:password@`` from URIs inside string values."""
-    if value is None:
-        return None
-    if _SECRET_KEY.search(key.split(".")[-1]):
-        return "***"
-    if isinstance(value, str):
-        return _URI_USERINFO.sub(lambda m: f"{m.group('scheme')}***@", value)
-    return value
-
-
 def config_params(cfg: Config) -> dict[str, str]:
     """The resolved config as flat MLflow params, credentials removed, values cut to MLflow's limit."""
-    return {k: str(redact(k, v))[:_PARAM_MAX] for k, v in flatten(cfg).items()}
+    return {k: str(redact(v, k))[:_PARAM_MAX] for k, v in flatten(cfg).items()}
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -70,6 +59,49 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+def metric_name(*parts: str) -> str:
+    """An MLflow-safe metric name: "R@1" -> "R_at_1", "&" -> "and", any other character MLflow refuses -> "_"."""
+    name = "/".join(parts).replace("@", "_at_").replace("&", "and")
+    return re.sub(r"[^/\w.\- :]", "_", name)
+
+
+def flatten_metrics(tree: Mapping, prefix: str, skip: Iterable[str] = ()) -> dict[str, float]:
+    """Every finite, non-bool number of a nested mapping as ``{"prefix/key/subkey": float}`` (names made MLflow-safe
+    by :func:`metric_name`; keys in ``skip`` left out at any depth; lists and strings ignored)."""
+    skip = set(skip)
+    out: dict[str, float] = {}
+
+    def walk(node: Any, path: list[str]) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key not in skip:
+                    walk(value, path + [str(key)])
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node):
+            out[metric_name(*path)] = float(node)
+
+    walk(tree, [prefix])
+    return out
+
+
+def metrics_at(values: Mapping[str, float], step: int = 0, timestamp_ms: int | None = None) -> list:
+    """MLflow ``Metric`` entities of ``{name: number}`` (non-numbers left out), all at one step and time."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    return [Metric(k, float(v), now, step) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def log_batch(client, run_id: str, metrics: Sequence = (), tags: Mapping[str, Any] | None = None) -> None:
+    """``metrics`` (MLflow ``Metric`` entities) and ``tags`` in as few ``log_batch`` calls as MLflow's per-call
+    limits allow; tag values redacted and cut to MLflow's limit. One call even when both are empty."""
+    from mlflow.entities import RunTag
+
+    run_tags = [RunTag(k, str(redact(v, k))[:_TAG_MAX]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(metrics), 1), _METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=list(metrics[i:i + _METRICS_PER_BATCH]), tags=run_tags if i == 0 else [])
+
+
 def _client(uri: str):
     from mlflow import MlflowClient
 
@@ -77,8 +109,6 @@ def _client(uri: str):
 
 
 def _read_run_id(run_dir: str, s3) -> str | None:
-    from instraction.data.shards import open_filesystem
-
     fs, path = open_filesystem(f"{run_dir.rstrip('/')}/{RUN_ID_FILE}", s3)
     if not fs.exists(path):
         return None
@@ -87,8 +117,6 @@ def _read_run_id(run_dir: str, s3) -> str | None:
 
 
 def _write_run_id(run_dir: str, run_id: str, s3) -> None:
-    from instraction.data.shards import open_filesystem
-
     fs, path = open_filesystem(f"{run_dir.rstrip('/')}/{RUN_ID_FILE}", s3)
     with fs.open(path, "w") as f:
         f.write(run_id)
@@ -111,14 +139,14 @@ def open_run(cfg: Config, run_dir: str) -> str:
             run = client.get_run(run_id)
         except MlflowException:
             log.warning("MLflow run %s recorded in %s is not in %s; starting a new one", run_id, run_dir,
-                        redact("uri", uri))
+                        redact(uri))
             run_id = None
     if run_id is None:
         exp = client.get_experiment_by_name(cfg.tracking.experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(
             cfg.tracking.experiment, artifact_location=_artifact_location(uri))
         run = client.create_run(exp_id, run_name=Path(run_dir.rstrip("/")).name,
-                                tags={"run_dir": redact("run_dir", run_dir), "seed": str(cfg.run.seed)})
+                                tags={"run_dir": redact(run_dir, "run_dir"), "seed": str(cfg.run.seed)})
         run_id = run.info.run_id
         _write_run_id(run_dir, run_id, cfg.data.s3)
     else:
@@ -127,8 +155,8 @@ def open_run(cfg: Config, run_dir: str) -> str:
     params = config_params(cfg)
     new = [Param(k, v) for k, v in params.items() if k not in existing]
     changed = [RunTag(f"resumed_with.{k}", v) for k, v in params.items() if k in existing and existing[k] != v]
-    for i in range(0, max(len(new), len(changed)), 100):  # MLflow takes <= 100 params per batch
-        client.log_batch(run_id, params=new[i:i + 100], tags=changed[i:i + 100])
+    for i in range(0, max(len(new), len(changed)), _PARAMS_PER_BATCH):
+        client.log_batch(run_id, params=new[i:i + _PARAMS_PER_BATCH], tags=changed[i:i + _PARAMS_PER_BATCH])
     client.log_text(run_id, to_yaml(cfg), "config.yaml")
     return run_id
 
@@ -142,13 +170,9 @@ def log_artifacts(cfg: Config, run_id: str, paths: list[str], artifact_path: str
 
 def log_metrics(cfg: Config, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Log summary numbers (data accounting, bench results) from the driver."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
-    client = _client(tracking_uri(cfg))
-    for i in range(0, len(items), 1000):
-        client.log_batch(run_id, metrics=items[i:i + 1000])
+    items = metrics_at(metrics, step)
+    if items:
+        log_batch(_client(tracking_uri(cfg)), run_id, items)
 
 
 def finish_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
@@ -185,13 +209,14 @@ class MetricLogger:
                 batch.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        for i in range(0, len(batch), 1000):  # MLflow's per-batch metric limit
-            try:
-                self._client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-            except Exception as err:  # tracking must never kill training; report once
-                if self._error is None:
-                    log.error("MLflow logging failed (metrics dropped): %s", err)
-                self._error = err
+        if not batch:
+            return
+        try:
+            log_batch(self._client, self.run_id, batch)
+        except Exception as err:  # tracking must never kill training; report once
+            if self._error is None:
+                log.error("MLflow logging failed (metrics dropped): %s", err)
+            self._error = err
 
     def _run(self) -> None:
         while not self._stop.wait(self._flush_every_s):
