@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.bench import build as bench_build  # noqa: E402
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
+from instraction.bench import build as bench_build
+from instraction.config import EMBEDDED_DEFAULT, load_config
 
 
 def main(argv: list[str] | None = None) -> dict:

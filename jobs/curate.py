@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
+from instraction.cluster import init_ray
+from instraction.config import EMBEDDED_DEFAULT, load_config
 
 
 def _ensure_synthetic(cfg) -> None:
@@ -65,14 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     cfg = load_config(ns.config, ns.overrides)
 
-    import ray
-
     from instraction.curation.backends import EngineUnavailable
     from instraction.curation.pipeline import curate
 
     _ensure_synthetic(cfg)
-    if not ray.is_initialized():
-        ray.init()  # honours RAY_ADDRESS; a local instance otherwise
+    init_ray(log_to_driver=True)
     try:
         summary = curate(cfg, progress=True, echo=lambda line: print(line, flush=True))
     except (EngineUnavailable, FileNotFoundError) as err:  # no engine; no shard where data.shards points

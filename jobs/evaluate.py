@@ -21,13 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import ConfigError, load_config  # noqa: E402
+from instraction.config import ConfigError, load_config
 
 
 def _args(argv):

@@ -16,12 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
-from instraction.data.howto100m import convert  # noqa: E402
+from instraction.config import EMBEDDED_DEFAULT, load_config
+from instraction.data.howto100m import convert
 
 
 def main(argv: list[str] | None = None) -> int:

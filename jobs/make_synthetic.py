@@ -15,10 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
-from instraction.data.synthetic import make_synthkitchen, read_marker  # noqa: E402
+from instraction.config import EMBEDDED_DEFAULT, load_config
+from instraction.data.synthetic import make_synthkitchen, read_marker
 
 
 def main(argv: list[str] | None = None) -> dict:

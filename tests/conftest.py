@@ -6,9 +6,11 @@ import os
 
 import pytest
 
+from instraction.cluster import set_report_poll_env
+
 # Triton kernels run in the interpreter on this CPU-only machine; must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+set_report_poll_env()
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -43,7 +43,7 @@ class TrainConfig:
     """Steps between checkpoints (each one is a ray.train.report with a Checkpoint)."""
     report_every: int = 25
     """Steps between metric-only ray.train.report calls. Each waits for the controller's next poll
-    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 2 s by Ray's default, 0.2 s when run_training sets it)."""
+    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 2 s by Ray's default, 0.1 s as instraction/cluster.py sets it)."""
     num_to_keep: int = 2
     """Checkpoints kept in storage (Ray Train CheckpointConfig); the oldest are deleted."""
     max_failures: int = 1
