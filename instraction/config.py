@@ -13,25 +13,25 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from instraction.bench.config import BenchConfig
+from instraction.config_checks import ConfigError, check_choice, check_range
 from instraction.curation.config import CurationConfig
 from instraction.data.config import DataConfig
 from instraction.losses.config import LossConfig
 from instraction.model.config import ModelConfig
 from instraction.train.config import TrackingConfig, TrainConfig
 
+__all__ = ["Config", "ConfigError", "RunConfig", "check_choice", "check_range", "EMBEDDED_DEFAULT", "flatten",
+           "from_yaml", "load_config", "to_dict", "to_yaml"]  # ConfigError and the checks: from config_checks
+
 EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 """The embedded default run (SynthKitchen, rules curation, tiny model): what every job loads without --config, so
 ``jobs/make_synthetic.py``, ``curate.py``, ``build_bench.py`` and ``pretrain.py`` agree on the data they share."""
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used: unknown key, wrong type or invalid value."""
 
 
 @dataclass
@@ -65,18 +65,6 @@ class Config:
         for f in dataclasses.fields(self):
             _validate_tree(getattr(self, f.name), f.name)
         return self
-
-
-def check_choice(path: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (used by the components' ``validate``)."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"{path}={value!r} is not valid; choose one of {choices}")
-
-
-def check_range(path: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{path}={value!r} is out of range [{lo}, {hi}]")
 
 
 def _validate_tree(node: Any, path: str) -> None:

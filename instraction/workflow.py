@@ -165,12 +165,13 @@ def build_bench(cfg: Config, stages: Stages) -> str:
 
 
 def train(cfg: Config, run_dir: str, stages: Stages) -> dict:
+    from instraction.curation.negatives import negatives_for
     from instraction.data.pipeline import format_report, training_dataset
     from instraction.train.launch import run_training
 
     with stages("train", f"Ray Train, {cfg.train.num_workers} workers, DeepSpeed ZeRO-{cfg.train.zero_stage}, "
                          f"{cfg.train.max_steps} steps"):
-        pipe = training_dataset(cfg, "train")
+        pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)  # for shards without annotations
         result = run_training(cfg, run_dir, {"train": pipe.dataset})
         try:
             result["data_accounting"]["pipeline"] = pipe.report()
