@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -27,7 +29,7 @@ from instraction.model.config import ModelConfig
 from instraction.train.config import TrackingConfig, TrainConfig
 
 __all__ = ["Config", "ConfigError", "RunConfig", "check_choice", "check_range", "EMBEDDED_DEFAULT", "flatten",
-           "from_yaml", "load_config", "to_dict", "to_yaml"]  # ConfigError and the checks: from config_checks
+           "from_yaml", "load_config", "to_dict", "to_yaml", "ConfigExit", "exit_on_config_error"]  # ConfigError and the checks: from config_checks
 
 EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 """The embedded default run (SynthKitchen, rules curation, tiny model): what every job loads without --config, so
@@ -97,6 +99,32 @@ def _friendly(err: OmegaConfBaseException, schema: DictConfig) -> ConfigError:
     if isinstance(err, ValidationError):
         return ConfigError(f"bad value for config key {key!r}: {str(err.msg).splitlines()[0]}")
     return ConfigError(f"config error at {key!r}: {err}")
+
+
+class ConfigExit(SystemExit, ConfigError):
+    """A :class:`ConfigError` that ends a job with exit status 2 and no traceback; still a ConfigError for callers
+    that run a job's ``main`` in-process and catch that."""
+
+    def __init__(self, err: ConfigError):
+        super().__init__(str(err))
+        self.code = 2  # SystemExit.code is the status; str() stays the message
+
+
+def exit_on_config_error(main: Callable) -> Callable:
+    """Decorates a job's ``main(argv)``: a :class:`ConfigError` (unknown key, bad value) prints one line to stderr
+    and exits 2, as argparse does for a bad argument, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ConfigExit:
+            raise  # a job run by another job (ablate -> load_config): reported once
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise ConfigExit(err) from None
+
+    return wrapper
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = tempfile.mkdtemp(prefix="instraction-e2e-")
     cfg = load_config(args.config, [f"data.shards={root}/shards", f"data.annotations={root}/annotations",
-                                    f"run.dir={root}/runs", *args.overrides])
+                                    f"run.dir={root}/runs", "data.make_synthetic=true", *args.overrides])
     init_ray(cfg)
     tic = time.perf_counter()
     summary = pretrain(cfg, echo=lambda line: None)

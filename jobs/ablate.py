@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 from instraction.cluster import init_ray
-from instraction.config import load_config
+from instraction.config import exit_on_config_error, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE4 = ["table4_hn_only", "table4_mam", "table4_dtw", "table4_both"]
 COLUMNS = [("semantic", "R@1"), ("semantic", "R@5"), ("semantic", "MedR"), ("logic", "ACC"), ("dynamics", "Mean_R@1")]
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/ablations" / f"{n}.yaml") for n in TABLE4])

@@ -18,6 +18,8 @@ import argparse
 import importlib
 import sys
 
+from instraction.config import exit_on_config_error
+
 
 BENCHMARKS = {
     "soft_dtw": "instraction.kernels.soft_dtw.benchmark:main",
@@ -30,6 +32,7 @@ BENCHMARKS = {
 }
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(BENCHMARKS))

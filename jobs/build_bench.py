@@ -13,9 +13,10 @@ import argparse
 import json
 
 from instraction.bench import build as bench_build
-from instraction.config import EMBEDDED_DEFAULT, load_config
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")

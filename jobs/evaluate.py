@@ -24,7 +24,7 @@ import re
 import time
 from pathlib import Path
 
-from instraction.config import ConfigError, load_config
+from instraction.config import ConfigError, exit_on_config_error, load_config
 
 
 def _args(argv):
@@ -40,6 +40,7 @@ def _args(argv):
     return parser.parse_args(argv)
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     args = _args(argv)
     import torch

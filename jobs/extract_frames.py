@@ -19,7 +19,7 @@ import json
 import sys
 
 from instraction.cluster import init_ray
-from instraction.config import EMBEDDED_DEFAULT, load_config
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
 
 
 def format_summary(summary: dict) -> str:
@@ -34,6 +34,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")

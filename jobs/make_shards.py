@@ -17,10 +17,11 @@ import argparse
 import json
 import sys
 
-from instraction.config import EMBEDDED_DEFAULT, load_config
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
 from instraction.data.howto100m import convert
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")

@@ -15,9 +15,10 @@ import argparse
 import json
 
 from instraction.cluster import init_ray
-from instraction.config import EMBEDDED_DEFAULT, load_config
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help=f"YAML config (default: {EMBEDDED_DEFAULT.name})")

@@ -153,8 +153,9 @@ class DataConfig:
     """Raw shards: a directory, a glob or an s3:// URI (video2dataset layout: KEY.mp4, KEY.json, KEY.txt)."""
     annotations: str = "data/synthkitchen/annotations"
     """Annotation table written by jobs/curate.py (one Parquet file per shard)."""
-    make_synthetic: bool = True
-    """Render SynthKitchen into ``shards`` when that location holds no shard (the embedded default)."""
+    make_synthetic: Optional[bool] = None
+    """Render SynthKitchen into ``shards`` when that location holds no shard: None (unset) only at the embedded
+    default's location (configs/default.yaml's data.shards), true at any location, false never."""
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     s3: S3Config = field(default_factory=S3Config)
 
