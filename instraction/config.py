@@ -28,8 +28,9 @@ from instraction.losses.config import LossConfig
 from instraction.model.config import ModelConfig
 from instraction.train.config import TrackingConfig, TrainConfig
 
-__all__ = ["Config", "ConfigError", "RunConfig", "check_choice", "check_range", "EMBEDDED_DEFAULT", "flatten",
-           "from_yaml", "load_config", "to_dict", "to_yaml", "ConfigExit", "exit_on_config_error"]  # ConfigError and the checks: from config_checks
+# ConfigError and the checks live in config_checks (a leaf); they are re-exported here for the jobs and tests
+__all__ = ["Config", "ConfigError", "ConfigExit", "RunConfig", "check_choice", "check_range", "EMBEDDED_DEFAULT",
+           "exit_on_config_error", "flatten", "from_yaml", "load_config", "to_dict", "to_yaml"]
 
 EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 """The embedded default run (SynthKitchen, rules curation, tiny model): what every job loads without --config, so

@@ -19,7 +19,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Jobs import the installed package (no sys.path edits); the jobs these tests start as subprocesses must import this
 # checkout's instraction even where another copy is installed.
 _CHECKOUT = str(Path(__file__).resolve().parents[1])
-os.environ["PYTHONPATH"] = os.pathsep.join([_CHECKOUT, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+_PATHS = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+os.environ["PYTHONPATH"] = os.pathsep.join([_CHECKOUT, *_PATHS])
 
 
 @pytest.fixture(scope="session")

@@ -34,7 +34,8 @@ def test_zero2_on_synthkitchen_lowers_the_loss(tmp_path, ray_local):
                          f"train.max_steps={STEPS}", "train.checkpoint_every=7", "train.report_every=7",
                          "train.zero_stage=2", "train.lr=0.003", "train.warmup_steps=2")
     make_synthkitchen(cfg.data.shards, cfg.data.synthetic)
-    pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)  # no annotation table: SynthKitchen's ground truth stands in
+    # no annotation table: SynthKitchen's ground truth stands in
+    pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)
     result = run_training(cfg, str(tmp_path / "run"), {"train": pipe.dataset})
 
     assert result["steps"] == STEPS

@@ -61,7 +61,6 @@ class SynthConfig:
     """x264 constant rate factor (lower = better quality; 32 px motion needs a low value)."""
 
     def validate(self, path: str) -> None:
-
         check_range(f"{path}.seed", self.seed, 0, None)
         check_range(f"{path}.num_shards", self.num_shards, 1, 99999)
         check_range(f"{path}.clips_per_shard", self.clips_per_shard, 1, 9999)
@@ -85,7 +84,8 @@ class SynthConfig:
                 f"{self.min_action_slots}..{self.max_action_slots} slots each")
         bad = [v for v in self.verbs if v not in SYNTH_VERBS or v not in lexicon.VERBS]
         if bad or len(set(self.verbs)) < self.max_actions:
-            raise ConfigError(f"{path}.verbs: need >= max_actions distinct verbs from {sorted(SYNTH_VERBS)}; bad: {bad}")
+            raise ConfigError(
+                f"{path}.verbs: need >= max_actions distinct verbs from {sorted(SYNTH_VERBS)}; bad: {bad}")
         bad = [o for o in self.objects if o not in SYNTH_OBJECTS or o not in lexicon.OBJECTS]
         if bad or not self.objects:
             raise ConfigError(f"{path}.objects: choose from {sorted(SYNTH_OBJECTS)}; bad: {bad}")

@@ -12,7 +12,8 @@ Graph (streaming, nothing global):
    same task and joins by key in memory. When the shard has no annotation file the json ground truth stands in
    ("truth" annotation: actions = ``synthkitchen.actions``, kept iff ``instructional``; negatives from the
    ``truth_negatives`` function the caller passes, e.g. ``instraction.curation.negatives.negatives_for``, else
-   none). A clip without either is dropped as ``no_annotation``. The split keeps ``is_holdout(video_id) == (split == "bench")``.
+   none). A clip without either is dropped as ``no_annotation``. The split keeps
+   ``is_holdout(video_id) == (split == "bench")``.
    Clips of one whole video travel as ONE row (video bytes once, windows as json) so the bytes are not copied
    per segment; the decode actor cuts every window by seeking.
 2. ``map_batches(DecodeClips)`` on an actor pool (``data.decode_concurrency`` actors x ``data.decode_num_cpus``)
