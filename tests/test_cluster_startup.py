@@ -81,3 +81,16 @@ def test_init_ray_sizes_a_local_instance_for_the_run(fake_ray, monkeypatch, tiny
     (call,) = fake.calls
     assert call["address"] == "local" and call["num_cpus"] >= cpus_needed(tiny_config, side_by_side=True)
     assert call["runtime_env"]["env_vars"] == cluster.REPORT_POLL_ENV
+
+
+def test_ray_job_submit_uploads_the_whole_package():
+    """The runtime env's excludes are gitignore patterns (Ray matches them with its vendored pathspec): an unanchored
+    "data/" dropped instraction/data/ from the upload, so the job ran whatever copy of it was installed."""
+    import yaml
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    excludes = yaml.safe_load((ROOT / "cluster/runtime_env.yaml").read_text())["excludes"]
+    spec = PathSpec.from_lines("gitwildmatch", excludes)
+    package = [str(p.relative_to(ROOT)) for p in (ROOT / "instraction").rglob("*.py")]
+    assert not [p for p in package if spec.match_file(p)]
+    assert spec.match_file("data/synthkitchen/shards/00000.tar") and spec.match_file("runs/x/config.yaml")
