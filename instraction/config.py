@@ -11,27 +11,30 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from instraction.bench.config import BenchConfig
+from instraction.config_checks import ConfigError, check_choice, check_range
 from instraction.curation.config import CurationConfig
 from instraction.data.config import DataConfig
 from instraction.losses.config import LossConfig
 from instraction.model.config import ModelConfig
 from instraction.train.config import TrackingConfig, TrainConfig
 
+# ConfigError and the checks live in config_checks (a leaf); they are re-exported here for the jobs and tests
+__all__ = ["Config", "ConfigError", "ConfigExit", "RunConfig", "check_choice", "check_range", "EMBEDDED_DEFAULT",
+           "exit_on_config_error", "flatten", "from_yaml", "load_config", "to_dict", "to_yaml"]
+
 EMBEDDED_DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
 """The embedded default run (SynthKitchen, rules curation, tiny model): what every job loads without --config, so
 ``jobs/make_synthetic.py``, ``curate.py``, ``build_bench.py`` and ``pretrain.py`` agree on the data they share."""
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used: unknown key, wrong type or invalid value."""
 
 
 @dataclass
@@ -67,18 +70,6 @@ class Config:
         return self
 
 
-def check_choice(path: str, value: Any, choices: Iterable[Any]) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (used by the components' ``validate``)."""
-    choices = list(choices)
-    if value not in choices:
-        raise ConfigError(f"{path}={value!r} is not valid; choose one of {choices}")
-
-
-def check_range(path: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ConfigError(f"{path}={value!r} is out of range [{lo}, {hi}]")
-
-
 def _validate_tree(node: Any, path: str) -> None:
     if not dataclasses.is_dataclass(node):
         return
@@ -109,6 +100,32 @@ def _friendly(err: OmegaConfBaseException, schema: DictConfig) -> ConfigError:
     if isinstance(err, ValidationError):
         return ConfigError(f"bad value for config key {key!r}: {str(err.msg).splitlines()[0]}")
     return ConfigError(f"config error at {key!r}: {err}")
+
+
+class ConfigExit(SystemExit, ConfigError):
+    """A :class:`ConfigError` that ends a job with exit status 2 and no traceback; still a ConfigError for callers
+    that run a job's ``main`` in-process and catch that."""
+
+    def __init__(self, err: ConfigError):
+        super().__init__(str(err))
+        self.code = 2  # SystemExit.code is the status; str() stays the message
+
+
+def exit_on_config_error(main: Callable) -> Callable:
+    """Decorates a job's ``main(argv)``: a :class:`ConfigError` (unknown key, bad value) prints one line to stderr
+    and exits 2, as argparse does for a bad argument, instead of a traceback."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except ConfigExit:
+            raise  # a job run by another job (ablate -> load_config): reported once
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise ConfigExit(err) from None
+
+    return wrapper
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:

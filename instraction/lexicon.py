@@ -44,6 +44,11 @@ VERBS: dict[str, str] = {
     "tap": "chop", "tilt": "pour", "swirl": "stir", "rotate": "flip", "spin": "stir", "lower": "drop",
 }
 
+# SynthKitchen's verbs and objects: each verb has its own motion and each object its own shape and colour in
+# instraction/data/render.py (a test holds the two lists equal).
+SYNTH_VERBS = ["crack", "whisk", "stir", "pour", "flip", "slide", "chop", "roll", "press", "shake", "lift", "drop"]
+SYNTH_OBJECTS = ["egg", "tomato", "dough", "bowl", "pan", "knife", "carrot", "lemon"]
+
 PARTICLES = {"up", "down", "out", "off", "in", "over", "on", "away", "aside", "back", "together", "apart"}
 PREPOSITIONS = {
     "into", "in", "onto", "on", "over", "with", "to", "from", "for", "until", "at", "under", "through",

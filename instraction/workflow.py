@@ -9,6 +9,7 @@ the checkpoints (Ray Train storage), model.safetensors, bench/ (results.json, ta
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from instraction import storage
-from instraction.config import Config, to_yaml
+from instraction.config import EMBEDDED_DEFAULT, Config, ConfigError, load_config, to_yaml
 
 Echo = Callable[[str], None]
 
@@ -87,21 +88,50 @@ def run_directory(cfg: Config) -> str:
     return f"{root}/{run_id}" if storage.is_remote(root) else str(Path(storage.local_path(root), run_id).resolve())
 
 
-def prepare_data(cfg: Config, stages: Stages) -> None:
-    """SynthKitchen when data.make_synthetic and the shards location holds no shard or an unfinished render of ours."""
-    from instraction.data import shards
+@functools.lru_cache(maxsize=1)
+def embedded_shards() -> str:
+    """data.shards of the embedded default (configs/default.yaml): where SynthKitchen is rendered unasked."""
+    return load_config(EMBEDDED_DEFAULT).data.shards
 
-    if not cfg.data.make_synthetic:
-        return
+
+def wants_synthkitchen(cfg: Config) -> bool:
+    """Whether to render (or complete) SynthKitchen at data.shards: when that location holds no shard or an
+    unfinished render of ours, and data.make_synthetic allows it there (unset: only at the embedded default's
+    location). Raises :class:`ConfigError` naming the location when it holds no shard and may not be rendered into,
+    so a mistyped path is an error rather than a fresh SynthKitchen."""
+    from instraction.data import shards
+    from instraction.data.synthetic import written_by_synthkitchen
+
+    location, mode = cfg.data.shards, cfg.data.make_synthetic
+    if mode is False:
+        return False
     try:
-        present = shards.list_shards(cfg.data.shards, cfg.data.s3)
+        present = shards.list_shards(location, cfg.data.s3)
     except (FileNotFoundError, ValueError):
         present = []
-    from instraction.data.synthetic import make_synthkitchen, written_by_synthkitchen
-
-    ours = not storage.is_remote(cfg.data.shards) and written_by_synthkitchen(cfg.data.shards)
+    ours = not storage.is_remote(location) and written_by_synthkitchen(location)
     if present and not ours:
-        return  # somebody else's shards: use them as they are (ours, even half-rendered, are completed below)
+        return False  # somebody else's shards: use them as they are (ours, even half-rendered, are completed)
+    if mode is None and not _same_location(location, embedded_shards()):
+        if present:
+            return False  # ours, rendered here on request earlier: used as they are
+        raise ConfigError(f"no shards at data.shards={shards.redact(location)!r}; SynthKitchen is rendered only into "
+                          f"the embedded default's {embedded_shards()!r} or with data.make_synthetic=true")
+    return True
+
+
+def _same_location(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.abspath(os.path.expanduser(a)) == os.path.abspath(os.path.expanduser(b))
+
+
+def prepare_data(cfg: Config, stages: Stages) -> None:
+    """SynthKitchen where :func:`wants_synthkitchen` says so."""
+    from instraction.data.synthetic import make_synthkitchen
+
+    if not wants_synthkitchen(cfg):
+        return
     with stages("data", f"SynthKitchen -> {cfg.data.shards}"):
         import ray
 
@@ -148,12 +178,13 @@ def build_bench(cfg: Config, stages: Stages) -> str:
 
 
 def train(cfg: Config, run_dir: str, stages: Stages) -> dict:
+    from instraction.curation.negatives import negatives_for
     from instraction.data.pipeline import format_report, training_dataset
     from instraction.train.launch import run_training
 
     with stages("train", f"Ray Train, {cfg.train.num_workers} workers, DeepSpeed ZeRO-{cfg.train.zero_stage}, "
                          f"{cfg.train.max_steps} steps"):
-        pipe = training_dataset(cfg, "train")
+        pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)  # for shards without annotations
         result = run_training(cfg, run_dir, {"train": pipe.dataset})
         try:
             result["data_accounting"]["pipeline"] = pipe.report()

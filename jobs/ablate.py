@@ -17,15 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import load_config  # noqa: E402
+from instraction.cluster import init_ray
+from instraction.config import exit_on_config_error, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE4 = ["table4_hn_only", "table4_mam", "table4_dtw", "table4_both"]
 COLUMNS = [("semantic", "R@1"), ("semantic", "R@5"), ("semantic", "MedR"), ("logic", "ACC"), ("dynamics", "Mean_R@1")]
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=[str(ROOT / "configs/ablations" / f"{n}.yaml") for n in TABLE4])
@@ -38,12 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args([a for a in argv if a not in overrides])
     args.overrides = overrides
 
-    from pretrain import _init_ray  # jobs/pretrain.py: the same Ray start-up rules
-
     from instraction.ablation import ablation_table, run_ablation
 
     first = load_config(args.configs[0], args.overrides)
-    _init_ray(first)
+    init_ray(first)
     out = Path(first.run.dir) / f"ablation-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     results = run_ablation(args.configs, args.seeds, args.overrides, cross_eval=args.cross_eval, echo=print)
     table = ablation_table(results, COLUMNS)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(1, str(Path(__file__).resolve().parent))  # sibling jobs (pretrain) for the e2e benchmark
+from instraction.config import exit_on_config_error
+
 
 BENCHMARKS = {
     "soft_dtw": "instraction.kernels.soft_dtw.benchmark:main",
@@ -29,10 +28,11 @@ BENCHMARKS = {
     "curation": "instraction.curation.benchmark:main",
     "train": "instraction.train.benchmark:main",
     "step": "instraction.train.step_benchmark:main",
-    "e2e": "pretrain:benchmark",  # jobs/pretrain.py: it starts Ray like the main job
+    "e2e": "instraction.workflow_benchmark:main",
 }
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(BENCHMARKS))

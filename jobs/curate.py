@@ -10,34 +10,33 @@
 
 Writes ``<data.annotations>/<shard>.parquet`` (one row per clip read: kept / dropped / quarantined and why) and
 ``<data.annotations>/summary.json``. Shards already curated with the same model and prompt version are skipped
-(``curation.force=true`` re-curates them). Exits 1 when the backend's engine cannot start, 2 when nothing was
-curated because every shard was unreadable.
+(``curation.force=true`` re-curates them). Exits 1 when the backend's engine cannot start, 2 on a config error
+(one line: an unknown key, a bad value, a data.shards without shards where SynthKitchen is not rendered) or when
+nothing was curated because every shard was unreadable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
+from instraction.cluster import init_ray
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
 
 
 def _ensure_synthetic(cfg) -> None:
-    """The embedded default: render SynthKitchen into data.shards when that local location holds no shard; when it
-    holds SynthKitchen's own shards, bring them to data.synthetic as the main job does (complete an interrupted
-    render, re-render one of another config). Anyone else's shards are used as they are."""
+    """SynthKitchen at a local data.shards as the main job renders it (instraction.workflow.wants_synthkitchen: only
+    at the embedded default's location unless data.make_synthetic=true; an interrupted render completed, one of
+    another config re-rendered); anyone else's shards are used as they are. A location without shards that may not
+    be rendered into raises ConfigError."""
     from instraction.data import shards, synthetic
+    from instraction.workflow import wants_synthkitchen
 
     location = cfg.data.shards
-    if not cfg.data.make_synthetic or shards.is_s3(location) or any(ch in location for ch in "*?["):
+    if shards.is_s3(location) or any(ch in location for ch in "*?["):
         return
-    present = os.path.isdir(location) and any(name.endswith(".tar") for name in os.listdir(location))
-    if present and not synthetic.written_by_synthkitchen(location):
+    if not wants_synthkitchen(cfg):
         return
     print(f"SynthKitchen at {location}: rendering what is missing", flush=True)
     synthetic.make_synthkitchen(location, cfg.data.synthetic, log=lambda line: print(line, flush=True))
@@ -58,6 +57,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")
@@ -65,14 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     cfg = load_config(ns.config, ns.overrides)
 
-    import ray
-
     from instraction.curation.backends import EngineUnavailable
     from instraction.curation.pipeline import curate
 
     _ensure_synthetic(cfg)
-    if not ray.is_initialized():
-        ray.init()  # honours RAY_ADDRESS; a local instance otherwise
+    init_ray(log_to_driver=True)
     try:
         summary = curate(cfg, progress=True, echo=lambda line: print(line, flush=True))
     except (EngineUnavailable, FileNotFoundError) as err:  # no engine; no shard where data.shards points

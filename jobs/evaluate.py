@@ -21,14 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import ConfigError, load_config  # noqa: E402
-from instraction.storage import is_remote, local_path  # noqa: E402
+from instraction.config import ConfigError, exit_on_config_error, load_config
+from instraction.storage import is_remote, local_path
 
 
 def _args(argv):
@@ -44,6 +41,7 @@ def _args(argv):
     return parser.parse_args(argv)
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     args = _args(argv)
     import torch

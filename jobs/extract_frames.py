@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
+from instraction.cluster import init_ray
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
 
 
 def format_summary(summary: dict) -> str:
@@ -36,6 +34,7 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")
@@ -46,12 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: set data.frames (a directory or s3:// prefix for the frames store)", file=sys.stderr)
         return 1
 
-    import ray
-
     from instraction.data.frames import extract_frames
 
-    if not ray.is_initialized():
-        ray.init()  # honours RAY_ADDRESS; a local instance otherwise
+    init_ray(log_to_driver=True)
     try:
         summary = extract_frames(cfg, progress=True, echo=lambda line: print(line, flush=True))
     except FileNotFoundError as err:  # no shard where data.shards points

@@ -15,12 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from instraction.config import EMBEDDED_DEFAULT, load_config  # noqa: E402
-from instraction.data.synthetic import make_synthkitchen, read_marker  # noqa: E402
+from instraction.config import EMBEDDED_DEFAULT, exit_on_config_error, load_config
+from instraction.data.synthetic import make_synthkitchen, read_marker
 
 
+@exit_on_config_error
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(EMBEDDED_DEFAULT), help="YAML config (default: %(default)s)")

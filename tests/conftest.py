@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
+from instraction.cluster import set_report_poll_env
+
 # Triton kernels run in the interpreter on this CPU-only machine; must be set before triton is imported.
 os.environ.setdefault("TRITON_INTERPRET", "1")
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+set_report_poll_env()
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Jobs import the installed package (no sys.path edits); the jobs these tests start as subprocesses must import this
+# checkout's instraction even where another copy is installed.
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
+_PATHS = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+os.environ["PYTHONPATH"] = os.pathsep.join([_CHECKOUT, *_PATHS])
 
 
 @pytest.fixture(scope="session")

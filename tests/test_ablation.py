@@ -62,7 +62,8 @@ def test_ablate_job_trains_every_config_per_seed_and_writes_the_table(tmp_path, 
     configs = [str(ROOT / "configs/ablations/table4_hn_only.yaml"), str(ROOT / "configs/ablations/table4_both.yaml")]
     overrides = [*TINY_OVERRIDES, *TINY_DATA, "train.max_steps=3", "train.checkpoint_every=100",
                  "train.cpus_per_worker=0.5", "data.decode_num_cpus=0.5", f"run.dir={tmp_path}/runs",
-                 f"data.shards={tmp_path}/shards", f"data.annotations={tmp_path}/ann"]
+                 f"data.shards={tmp_path}/shards", f"data.annotations={tmp_path}/ann",
+                 "data.make_synthetic=true"]
     results = ablate.main(["--configs", *configs, "--seeds", "0", "1", *overrides])
 
     assert list(results) == ["table4_hn_only", "table4_both"]

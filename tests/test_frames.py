@@ -19,6 +19,7 @@ import pytest
 
 import datagen
 from instraction.config import load_config
+from instraction.curation.negatives import negatives_for
 from instraction.data import frames, pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "jobs"))
@@ -53,7 +54,7 @@ def extract(cfg) -> dict:
 
 
 def rows_and_report(cfg) -> tuple[dict, dict]:
-    pipe = pipeline.training_dataset(cfg, split="all")
+    pipe = pipeline.training_dataset(cfg, split="all", truth_negatives=negatives_for)
     rows = {r["key"]: r for r in pipe.dataset.take_all()}
     return rows, pipe.report()
 

@@ -33,7 +33,7 @@ def test_default_run_learns_motion_not_objects(tmp_path, ray_local):
     data = tmp_path / "synthkitchen"
     cfg = load_config("configs/default.yaml", [
         f"run.dir={tmp_path / 'runs'}", "run.name=learning-proof",
-        f"data.shards={data / 'shards'}", f"data.annotations={data / 'annotations'}",
+        f"data.shards={data / 'shards'}", f"data.annotations={data / 'annotations'}", "data.make_synthetic=true",
         # the session's Ray has 2 logical CPUs (tests/conftest.py): leave room for Ray Data's own actors
         "train.cpus_per_worker=0.5", "data.decode_num_cpus=0.5",
     ])

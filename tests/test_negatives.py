@@ -12,7 +12,7 @@ from instraction import lexicon
 from instraction.curation import negatives, rules
 from instraction.curation.negatives import NegativeSampler, validate_order_swapped, validate_verb_altered
 from instraction.data import captions
-from instraction.data.config import SYNTH_OBJECTS, SYNTH_VERBS
+from instraction.lexicon import SYNTH_OBJECTS, SYNTH_VERBS
 
 PAPER = "Crack the egg using the side of this ceramic mug and separate the white into the small container."
 

@@ -7,6 +7,7 @@ videos, streaming_split over 2 workers, collate to the batch contract, data-wait
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections import Counter
@@ -19,6 +20,7 @@ import torch
 
 import datagen
 from instraction.config import load_config
+from instraction.curation.negatives import negatives_for
 from instraction.data import examples, pipeline
 from instraction.data.split import is_holdout
 
@@ -47,7 +49,7 @@ def dirs(tmp_path_factory):
 def decoded(ray_local, dirs):
     """The good shards through the whole pipeline once, materialised for the tests that only inspect rows."""
     cfg = make_cfg(dirs["good_dir"], "")
-    return cfg, pipeline.training_dataset(cfg, split="all").dataset.materialize()
+    return cfg, pipeline.training_dataset(cfg, split="all", truth_negatives=negatives_for).dataset.materialize()
 
 
 def consume(ds) -> dict[str, np.ndarray]:
@@ -329,3 +331,19 @@ def test_negatives_keep_the_tokenizers_mask_when_the_end_token_is_the_pad_id():
     assert torch.equal(batch["neg_token_mask"][0, :n_real], torch.from_numpy(rows["neg_token_mask"][0, :n_real]))
     assert not batch["neg_token_mask"][0, n_real:].any()
     assert batch["text_mask"][0].sum() == (batch["text_ids"][0] != 0).sum() + 1  # the caption's end token, likewise
+
+
+def test_a_failing_truth_negatives_function_is_counted_not_swallowed():
+    """The pipeline gets the negatives function from its caller; one that raises quarantines the clip with a reason
+    the accounting shows (quarantined:negatives_error) instead of training it without negatives."""
+    clip = {"key": "k1", "caption": "crack the egg then whisk the egg",
+            "truth": json.dumps({"actions": ["crack egg", "whisk egg"], "instructional": True, "object": "egg"})}
+
+    def broken(caption, actions, key=""):
+        raise RuntimeError("generator bug")
+
+    ann = pipeline.truth_annotation(clip, broken)
+    assert (ann["decision"], ann["reason"], ann["verb_altered"]) == ("quarantined", "negatives_error", [])
+    ann = pipeline.truth_annotation(clip, negatives_for)
+    assert ann["decision"] == "kept" and ann["verb_altered"] and ann["order_swapped"]
+    assert pipeline.truth_annotation(clip)["verb_altered"] == []  # none passed: no negatives

@@ -94,6 +94,7 @@ def test_ray_job_submit_runs_pretrain_to_completion(ray_head, tmp_path):
     overrides = [*th.TINY_OVERRIDES, "train.max_steps=6", "train.checkpoint_every=3", "run.evaluate=false",
                  "train.cpus_per_worker=0.5", "data.decode_num_cpus=0.5", "run.name=submitted",
                  f"run.dir={tmp_path}/runs", f"data.shards={tmp_path}/shards", f"data.annotations={tmp_path}/ann",
+                 "data.make_synthetic=true",
                  *th.TINY_DATA]
     env = {**{k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")},
            "RAY_AUTH_MODE": "token"}

@@ -68,12 +68,13 @@ def scenario(tmp: Path) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     import train_helpers as th
 
+    from instraction.cluster import set_report_poll_env
     from instraction.train.launch import run_training
     from instraction.tracking import tracking_uri
 
     cloudpickle.register_pickle_by_value(th)
     os.environ["MULTINODE_DIR"] = str(tmp)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    set_report_poll_env()
     # Shared checkpoint storage: S3 on a moto server. The credentials are in the environment the nodes inherit
     # (as an instance profile would provide them), never in the config.
     from moto.server import ThreadedMotoServer

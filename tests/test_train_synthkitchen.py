@@ -25,6 +25,7 @@ SYNTH = ["data.synthetic.num_shards=2", "data.synthetic.clips_per_shard=32", "da
 def test_zero2_on_synthkitchen_lowers_the_loss(tmp_path, ray_local):
     from mlflow import MlflowClient
 
+    from instraction.curation.negatives import negatives_for
     from instraction.data.pipeline import training_dataset
     from instraction.data.synthetic import make_synthkitchen
     from instraction.tracking import tracking_uri
@@ -33,7 +34,8 @@ def test_zero2_on_synthkitchen_lowers_the_loss(tmp_path, ray_local):
                          f"train.max_steps={STEPS}", "train.checkpoint_every=7", "train.report_every=7",
                          "train.zero_stage=2", "train.lr=0.003", "train.warmup_steps=2")
     make_synthkitchen(cfg.data.shards, cfg.data.synthetic)
-    pipe = training_dataset(cfg, "train")  # no annotation table: SynthKitchen's ground truth stands in
+    # no annotation table: SynthKitchen's ground truth stands in
+    pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)
     result = run_training(cfg, str(tmp_path / "run"), {"train": pipe.dataset})
 
     assert result["steps"] == STEPS

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from instraction.config_checks import check_range
+
 
 def _default_categories() -> dict:
     # primary object -> Ingredients | Processed food | Tools & appliances (Sec. 5.3); unknown objects: "Other".
@@ -41,7 +43,5 @@ class BenchConfig:
     seed: int = 0
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_range
-
         check_range(f"{path}.holdout_fraction", self.holdout_fraction, 0.0, 1.0)
         check_range(f"{path}.semantic_candidates", self.semantic_candidates, 2, None)

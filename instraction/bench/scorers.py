@@ -90,7 +90,8 @@ class BackboneScorer:
     @classmethod
     def from_config(cls, cfg, tokenizer, device: str | torch.device = "cpu") -> "BackboneScorer":
         """Towers of ``cfg.model`` with ``cfg.model.pretrained`` loaded when a path is set (random otherwise)."""
-        from instraction.model.backbone import build_text_tower, build_video_tower, load_pretrained
+        from instraction.model.backbone import build_text_tower, build_video_tower
+        from instraction.model.loaders import load_pretrained
 
         torch.manual_seed(cfg.run.seed)
         video, text = build_video_tower(cfg.model.video), build_text_tower(cfg.model.text, tokenizer.vocab_size)

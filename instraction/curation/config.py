@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from instraction.data.config import SYNTH_VERBS
+from instraction.config_checks import ConfigError, check_choice, check_range
+from instraction.lexicon import SYNTH_VERBS
 
 BACKENDS = ["rules", "hf", "openai", "vllm"]
 
@@ -71,8 +72,6 @@ class CurationConfig:
     """Seed of the negative sampler."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_choice, check_range
-
         check_choice(f"{path}.backend", self.backend, BACKENDS)
         check_range(f"{path}.max_verb_altered", self.max_verb_altered, 0, 64)
         check_range(f"{path}.max_retries", self.max_retries, 0, 10)
@@ -85,10 +84,6 @@ class CurationConfig:
         check_choice(f"{path}.hf_dtype", self.hf_dtype, ["auto", "float32", "bfloat16", "float16"])
         check_choice(f"{path}.hf_device", self.hf_device, ["auto", "cpu", "cuda"])
         if self.backend in ("hf", "vllm") and not self.model:
-            from instraction.config import ConfigError
-
             raise ConfigError(f"{path}.model is required for backend={self.backend!r} (a local path or model id)")
         if self.backend == "openai" and not self.base_url:
-            from instraction.config import ConfigError
-
             raise ConfigError(f"{path}.base_url is required for backend='openai' (e.g. http://127.0.0.1:8000/v1)")

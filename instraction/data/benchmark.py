@@ -457,7 +457,9 @@ def run_pipeline(shards: str, args, collated: bool) -> dict:
                              f"data.num_frames={args.frames}", f"data.size={args.size}",
                              f"data.decode_concurrency={args.cpus}", f"data.decode_num_cpus={per_actor}",
                              f"data.decode_batch_size={args.decode_batch}", "bench.holdout_fraction=0"])
-    pipe = pipeline.training_dataset(cfg, split="all")
+    from instraction.curation.negatives import negatives_for
+
+    pipe = pipeline.training_dataset(cfg, split="all", truth_negatives=negatives_for)
     with TreeMonitor() as mon:
         start = time.perf_counter()
         if collated:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-
-SYNTH_VERBS = ["crack", "whisk", "stir", "pour", "flip", "slide", "chop", "roll", "press", "shake", "lift", "drop"]
-SYNTH_OBJECTS = ["egg", "tomato", "dough", "bowl", "pan", "knife", "carrot", "lemon"]
+from instraction import lexicon
+from instraction.config_checks import ConfigError, check_choice, check_range
+from instraction.lexicon import SYNTH_OBJECTS, SYNTH_VERBS
 
 
 @dataclass
@@ -61,10 +61,6 @@ class SynthConfig:
     """x264 constant rate factor (lower = better quality; 32 px motion needs a low value)."""
 
     def validate(self, path: str) -> None:
-        from instraction import lexicon
-        from instraction.config import ConfigError, check_range
-        from instraction.data.render import MOTIONS, OBJECT_COLORS
-
         check_range(f"{path}.seed", self.seed, 0, None)
         check_range(f"{path}.num_shards", self.num_shards, 1, 99999)
         check_range(f"{path}.clips_per_shard", self.clips_per_shard, 1, 9999)
@@ -86,12 +82,13 @@ class SynthConfig:
             raise ConfigError(
                 f"{path}: {self.slots} slots cannot hold {self.min_actions}..{self.max_actions} actions of "
                 f"{self.min_action_slots}..{self.max_action_slots} slots each")
-        bad = [v for v in self.verbs if v not in MOTIONS or v not in lexicon.VERBS]
+        bad = [v for v in self.verbs if v not in SYNTH_VERBS or v not in lexicon.VERBS]
         if bad or len(set(self.verbs)) < self.max_actions:
-            raise ConfigError(f"{path}.verbs: need >= max_actions distinct verbs from {sorted(MOTIONS)}; bad: {bad}")
-        bad = [o for o in self.objects if o not in OBJECT_COLORS or o not in lexicon.OBJECTS]
+            raise ConfigError(
+                f"{path}.verbs: need >= max_actions distinct verbs from {sorted(SYNTH_VERBS)}; bad: {bad}")
+        bad = [o for o in self.objects if o not in SYNTH_OBJECTS or o not in lexicon.OBJECTS]
         if bad or not self.objects:
-            raise ConfigError(f"{path}.objects: choose from {sorted(OBJECT_COLORS)}; bad: {bad}")
+            raise ConfigError(f"{path}.objects: choose from {sorted(SYNTH_OBJECTS)}; bad: {bad}")
 
 
 @dataclass
@@ -119,8 +116,6 @@ class AugmentConfig:
     """Translate a clip by up to this many pixels in x and y (uniform, edges replicated); 0: off."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_range
-
         check_range(f"{path}.hflip", self.hflip, 0.0, 1.0)
         check_range(f"{path}.max_shift", self.max_shift, 0, None)
 
@@ -148,8 +143,6 @@ class ConvertConfig:
     """Write into a ``data.shards`` location that already holds shards (otherwise the job refuses)."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_range
-
         check_range(f"{path}.samples_per_shard", self.samples_per_shard, 1, None)
         check_range(f"{path}.max_videos", self.max_videos, 0, None)
 
@@ -160,8 +153,9 @@ class DataConfig:
     """Raw shards: a directory, a glob or an s3:// URI (video2dataset layout: KEY.mp4, KEY.json, KEY.txt)."""
     annotations: str = "data/synthkitchen/annotations"
     """Annotation table written by jobs/curate.py (one Parquet file per shard)."""
-    make_synthetic: bool = True
-    """Render SynthKitchen into ``shards`` when that location holds no shard (the embedded default)."""
+    make_synthetic: Optional[bool] = None
+    """Render SynthKitchen into ``shards`` when that location holds no shard: None (unset) only at the embedded
+    default's location (configs/default.yaml's data.shards), true at any location, false never."""
     synthetic: SynthConfig = field(default_factory=SynthConfig)
     s3: S3Config = field(default_factory=S3Config)
 
@@ -217,8 +211,6 @@ class DataConfig:
     convert: ConvertConfig = field(default_factory=ConvertConfig)
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_choice, check_range
-
         check_choice(f"{path}.hard_negatives", self.hard_negatives, ["both", "verb_altered", "order_swapped", "none"])
         check_range(f"{path}.num_frames", self.num_frames, 1, 1024)
         check_range(f"{path}.max_verbs", self.max_verbs, 1, 64)
@@ -231,6 +223,4 @@ class DataConfig:
         check_range(f"{path}.frames_quality", self.frames_quality, 0, 100)
         check_choice(f"{path}.frames_subsampling", self.frames_subsampling, ["444", "422", "420"])
         if len(self.mean) != 3 or len(self.std) != 3:
-            from instraction.config import ConfigError
-
             raise ConfigError(f"{path}.mean and {path}.std need 3 values each")

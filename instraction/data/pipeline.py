@@ -9,9 +9,10 @@ Graph (streaming, nothing global):
 1. ``from_items(shard URIs)``, one block per shard; ``flat_map`` (a Ray task per shard) streams the tar
    (:func:`shards.iter_clips`), reads that shard's annotation file ``<data.annotations>/<stem>.parquet`` in the
    same task and joins by key in memory. When the shard has no annotation file the json ground truth stands in
-   ("truth" annotation: actions = ``synthkitchen.actions``, kept iff ``instructional``; negatives from
-   ``instraction.curation.negatives`` when that module offers them, else none). A clip without either is
-   dropped as ``no_annotation``. The split keeps ``is_holdout(video_id) == (split == "bench")``.
+   ("truth" annotation: actions = ``synthkitchen.actions``, kept iff ``instructional``; negatives from the
+   ``truth_negatives`` function the caller passes, e.g. ``instraction.curation.negatives.negatives_for``, else
+   none). A clip without either is dropped as ``no_annotation``. The split keeps
+   ``is_holdout(video_id) == (split == "bench")``.
    Clips of one whole video travel as ONE row (video bytes once, windows as json) so the bytes are not copied
    per segment; the decode actor cuts every window by seeking.
 2. ``map_batches(DecodeClips)`` on an actor pool (``data.decode_concurrency`` actors x ``data.decode_num_cpus``)
@@ -39,7 +40,8 @@ every epoch iterates the stored blocks instead of restarting the read/decode pip
 Accounting: every clip read ends in exactly one of delivered / excluded_by_split / dropped[reason]. Reasons:
 the reader's (``corrupt_tar``, ``missing_mp4``, ``empty_video``, ``missing_json``, ``bad_json``, ``bad_caption``,
 ``duplicate_key``, ``unreadable_shard``), the join's (``missing_annotation``, ``no_annotation``,
-``bad_annotation_file``, ``<decision>:<reason>`` for clips curation did not keep) and the decoder's
+``bad_annotation_file``, ``<decision>:<reason>`` for clips curation did not keep, ``quarantined:negatives_error``
+when ``truth_negatives`` raised) and the decoder's
 (``undecodable_video``, ``decode_error``). Read tasks send one summary per shard and decode actors their failures
 (by key) to an :class:`Accounting` actor (:func:`make_accounting`); both overwrite rather than add, so task
 retries and repeated epochs do not double-count. ``pipe.report()`` on the driver returns ``{"clips_read", "excluded_by_split", "to_decode", "delivered", "dropped":
@@ -141,17 +143,6 @@ class _ShardTally:
 # ---------------------------------------------------------------------------------------------- annotations
 
 
-def _negatives_from_truth() -> Optional[Callable[..., tuple[list[str], list[str]]]]:
-    """``negatives_for(caption, actions, key) -> (verb_altered, order_swapped)`` from the curation package (the
-    same generator curation uses), or None when it cannot be imported: truth rows then carry no negatives."""
-    try:
-        from instraction.curation.negatives import negatives_for
-    except Exception as err:
-        log.warning("instraction.curation.negatives unavailable (%s): ground-truth clips get no negatives", err)
-        return None
-    return negatives_for
-
-
 def load_annotations(shard_uri: str, data: DataConfig) -> tuple[Optional[dict[str, dict]], Optional[str]]:
     """``({key: annotation}, None)`` from ``<data.annotations>/<stem>.parquet``; ``(None, None)`` when the shard
     has no annotation file; ``(None, reason)`` when the file exists but cannot be read."""
@@ -175,8 +166,13 @@ def load_annotations(shard_uri: str, data: DataConfig) -> tuple[Optional[dict[st
         return None, "bad_annotation_file"
 
 
-def truth_annotation(clip: dict, negatives_fn=None) -> Optional[dict]:
-    """An annotation row from a clip's SynthKitchen ground truth (None for real data, which has none)."""
+NegativesFn = Callable[..., tuple[list[str], list[str]]]
+"""``fn(caption, actions, key=...) -> (verb_altered, order_swapped)``, as ``curation.negatives.negatives_for``."""
+
+
+def truth_annotation(clip: dict, negatives_fn: Optional[NegativesFn] = None) -> Optional[dict]:
+    """An annotation row from a clip's SynthKitchen ground truth (None for real data, which has none). A clip whose
+    ``negatives_fn`` raises is quarantined (``negatives_error``), so the failure shows in the accounting."""
     if not clip.get("truth"):
         return None
     truth = json.loads(clip["truth"])
@@ -187,8 +183,10 @@ def truth_annotation(clip: dict, negatives_fn=None) -> Optional[dict]:
     if kept and negatives_fn is not None:
         try:
             verb_altered, order_swapped = negatives_fn(clip["caption"], actions, key=clip["key"])
-        except Exception as err:  # a negative generator bug must not take the shard down
-            log.warning("truth negatives failed for %s: %s", clip["key"], err)
+        except Exception as err:  # a negative generator bug must not take the shard down: counted instead
+            log.warning("truth negatives failed for %s: %s: %s", clip["key"], type(err).__name__, err)
+            return {"key": clip["key"], "decision": "quarantined", "reason": "negatives_error", "actions": actions,
+                    "verb_altered": [], "order_swapped": [], "primary_object": truth.get("object")}
     return {"key": clip["key"], "decision": "kept" if kept else "dropped",
             "reason": "truth" if kept else ("no_actions" if instructional else "not_instructional"), "actions": actions,
             "verb_altered": list(verb_altered), "order_swapped": list(order_swapped),
@@ -199,13 +197,11 @@ def truth_annotation(clip: dict, negatives_fn=None) -> Optional[dict]:
 
 
 def _joined_clips(shard_uri: str, data: DataConfig, holdout: tuple[float, int], split: str, with_video: bool,
-                  tally: _ShardTally) -> Iterator[tuple[dict, dict]]:
+                  tally: _ShardTally, truth_negatives: Optional[NegativesFn] = None) -> Iterator[tuple[dict, dict]]:
     """``(clip row, annotation)`` for each clip of the shard that survives errors, split and curation."""
     table, table_error = load_annotations(shard_uri, data)
-    negatives_fn = None
     if table is None and not table_error:
         log.info("no annotation file for %s: the json ground truth stands in", shard_io.shard_stem(shard_uri))
-        negatives_fn = _negatives_from_truth()
     for clip in shard_io.iter_clips(shard_uri, data.s3, with_video=with_video):
         tally.clips_read += 1
         key = clip["key"]
@@ -218,7 +214,7 @@ def _joined_clips(shard_uri: str, data: DataConfig, holdout: tuple[float, int], 
         if table_error:
             tally.drop(table_error, key)
             continue
-        ann = table.get(key) if table is not None else truth_annotation(clip, negatives_fn)
+        ann = table.get(key) if table is not None else truth_annotation(clip, truth_negatives)
         if ann is None:
             tally.drop("missing_annotation" if table is not None else "no_annotation", key)
             continue
@@ -236,7 +232,8 @@ def _window(clip: dict, ann: dict) -> dict:
 
 
 def read_shard(item: dict, *, data: DataConfig, holdout: tuple[float, int], split: str, per_video: bool,
-               accounting=None, key_limit: int = 1000, frames_store: bool = False) -> Iterator[dict]:
+               accounting=None, key_limit: int = 1000, frames_store: bool = False,
+               truth_negatives: Optional[NegativesFn] = None) -> Iterator[dict]:
     """flat_map body: one shard -> joined rows. ``per_video``: one row per video ``{video_key, shard, mp4,
     windows (json list of clip windows)}``; ``frames_store``: one row per clip ``{key, shard, window (json),
     frames (the stored blobs)}`` from ``data.frames``, a clip without usable frames dropped with the store's reason;
@@ -249,7 +246,7 @@ def read_shard(item: dict, *, data: DataConfig, holdout: tuple[float, int], spli
         from instraction.data.frames import StoreReader
 
         store = StoreReader(item["shard"], data)
-    for clip, ann in _joined_clips(item["shard"], data, holdout, split, per_video, tally):
+    for clip, ann in _joined_clips(item["shard"], data, holdout, split, per_video, tally, truth_negatives):
         if store is not None:
             blobs, reason = store.get(clip["key"])
             if reason:
@@ -289,11 +286,11 @@ def _shard_dataset(cfg, split: str):
     return ray.data.from_items([{"shard": u} for u in uris], override_num_blocks=len(uris))
 
 
-def annotated_clips(cfg, split: str = "all", accounting=None):
+def annotated_clips(cfg, split: str = "all", accounting=None, truth_negatives: Optional[NegativesFn] = None):
     """Ray Dataset of joined, kept clip rows without video bytes: ``shard, video_key, key, video_id, start, end,
     caption, actions, verb_altered, order_swapped, primary_object``."""
     fn = partial(read_shard, data=cfg.data, holdout=(cfg.bench.holdout_fraction, cfg.bench.seed), split=split,
-                 per_video=False, accounting=accounting)
+                 per_video=False, accounting=accounting, truth_negatives=truth_negatives)
     return _shard_dataset(cfg, split).flat_map(fn, num_cpus=cfg.data.read_num_cpus)
 
 
@@ -431,8 +428,10 @@ class ClipPipeline:
         return ray.get(self.accounting.report.remote())
 
 
-def training_dataset(cfg, split: str = "train", accounting=None) -> ClipPipeline:
+def training_dataset(cfg, split: str = "train", accounting=None,
+                     truth_negatives: Optional[NegativesFn] = None) -> ClipPipeline:
     """Shards joined with annotations, decoded and tokenised: rows of numpy arrays (module docstring).
+    ``truth_negatives`` makes the hard negatives of shards without an annotation file (SynthKitchen's truth).
 
     Pass ``pipe.dataset`` to ``TorchTrainer(datasets={"train": ...})``; each worker reads its part with
     ``ray.train.get_dataset_shard("train")`` through :class:`instraction.train.batches.BatchStream`.
@@ -442,7 +441,7 @@ def training_dataset(cfg, split: str = "train", accounting=None) -> ClipPipeline
     accounting = accounting or make_accounting()
     store = bool(cfg.data.frames)  # read the frames store instead of decoding video
     read = partial(read_shard, data=cfg.data, holdout=(cfg.bench.holdout_fraction, cfg.bench.seed), split=split,
-                   per_video=not store, accounting=accounting, frames_store=store)
+                   per_video=not store, accounting=accounting, frames_store=store, truth_negatives=truth_negatives)
     videos = _shard_dataset(cfg, split).flat_map(read, num_cpus=cfg.data.read_num_cpus)
     decoded = videos.map_batches(
         DecodeClips,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from instraction.config_checks import check_choice, check_range
+
 
 @dataclass
 class LossConfig:
@@ -35,8 +37,6 @@ class LossConfig:
     """Share of action tokens masked in the MAM caption."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_choice, check_range
-
         check_range(f"{path}.distill_alpha", self.distill_alpha, 0.0, 1.0)
         check_range(f"{path}.distill_teacher_weight", self.distill_teacher_weight, 0.0, None)
         check_range(f"{path}.dtw_margin", self.dtw_margin, 0.0, None)

@@ -1,7 +1,8 @@
 """The InstrAction model: backbone towers, Action Perceiver (Sec. 4.1), MAM decoder (Sec. 4.3), and the
 model that joins them with the losses.
 
-    backbone.py     build_video_tower, build_text_tower, load_pretrained
+    backbone.py     build_video_tower, build_text_tower
+    loaders.py      load_pretrained (HF CLIP / ViCLIP checkpoints into the towers)
     perceiver.py    ActionPerceiver (student latents, banded; teacher verb-phrase queries, all frames)
     decoder.py      MultimodalDecoder (causal self-attn -> cross-attn to the action tokens, tied LM head)
     instraction.py  InstrActionModel, build_model
@@ -19,7 +20,7 @@ _EXPORTS = {
     "ModelConfig": "config",
     "build_video_tower": "backbone",
     "build_text_tower": "backbone",
-    "load_pretrained": "backbone",
+    "load_pretrained": "loaders",
     "ActionPerceiver": "perceiver",
     "MultimodalDecoder": "decoder",
     "InstrActionModel": "instraction",

@@ -34,7 +34,6 @@ __all__ = [
     "VisionTransformer",
     "build_text_tower",
     "build_video_tower",
-    "load_pretrained",
     "set_activation",
 ]
 
@@ -358,10 +357,3 @@ def build_text_tower(cfg: TextTowerConfig, vocab_size: int) -> nn.Module:
     if cfg.vocab_size and cfg.vocab_size < vocab_size:
         raise ValueError(f"text.vocab_size={cfg.vocab_size} is smaller than the tokenizer's {vocab_size}")
     return TextTransformer(cfg, cfg.vocab_size or vocab_size)
-
-
-def load_pretrained(cfg, video_tower: nn.Module, text_tower: nn.Module) -> dict:
-    """Load ``cfg.path`` (HF CLIP directory or ViCLIP .pth) into the towers; see :mod:`instraction.model.loaders`."""
-    from instraction.model.loaders import load_pretrained as _load
-
-    return _load(cfg, video_tower, text_tower)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from instraction.config_checks import ConfigError, check_choice
+
 VIDEO_TOWERS = ["conv3d", "vit"]
 VIDEO_POOLS = ["mean", "max"]
 ACTIVATIONS = ["gelu", "quick_gelu"]
@@ -53,8 +55,6 @@ class VideoTowerConfig:
                    num_frames=num_frames, activation="quick_gelu", output_dim=512)
 
     def validate(self, path: str) -> None:
-        from instraction.config import ConfigError, check_choice
-
         check_choice(f"{path}.kind", self.kind, VIDEO_TOWERS)
         check_choice(f"{path}.activation", self.activation, ACTIVATIONS)
         check_choice(f"{path}.norm", self.norm, ["group", "batch"])
@@ -97,8 +97,6 @@ class TextTowerConfig:
                    activation="quick_gelu", output_dim=512)
 
     def validate(self, path: str) -> None:
-        from instraction.config import ConfigError, check_choice
-
         check_choice(f"{path}.activation", self.activation, ACTIVATIONS)
         if self.width % self.heads:
             raise ConfigError(f"{path}.width={self.width} is not a multiple of heads={self.heads}")
@@ -159,8 +157,6 @@ class ModelConfig:
     """The learnable temperature is clamped so that 1/T <= max_logit_scale (CLIP)."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import ConfigError, check_choice
-
         check_choice(f"{path}.video_pool", self.video_pool, VIDEO_POOLS)
         check_choice(f"{path}.pretrained.format", self.pretrained.format, ["auto", "hf_clip", "viclip"])
         if (self.pretrained.freeze_text or self.pretrained.freeze_video) and not self.pretrained.path:

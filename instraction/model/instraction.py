@@ -31,9 +31,10 @@ from instraction.losses.contrastive import ContrastiveLoss, hard_negative_margin
 from instraction.losses.distill import DistillLoss
 from instraction.losses.dtw_align import DTWAlignLoss
 from instraction.losses.mam import IGNORE_INDEX, mam_loss_from_hidden
-from instraction.model.backbone import build_text_tower, build_video_tower, load_pretrained
+from instraction.model.backbone import build_text_tower, build_video_tower
 from instraction.model.config import ModelConfig
 from instraction.model.decoder import MultimodalDecoder
+from instraction.model.loaders import load_pretrained
 from instraction.model.perceiver import ActionPerceiver
 
 __all__ = ["InstrActionModel", "build_model", "LOSS_TERMS"]

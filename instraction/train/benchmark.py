@@ -171,11 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides (model size, data shape)")
     args = parser.parse_args(argv)
 
+    from instraction.cluster import set_report_poll_env
     from instraction.config import load_config, to_yaml
 
     cores = sorted(os.sched_getaffinity(0))[: args.workers]
     os.sched_setaffinity(0, cores)  # Ray (started below) and the plain loop's process inherit these cores
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    set_report_poll_env()
     cfg = load_config(args.config, [*args.overrides, f"train.num_workers={args.workers}",
                                     f"train.batch_size={args.batch_size}", f"train.max_steps={args.steps}",
                                     f"train.checkpoint_every={args.steps}", f"train.report_every={args.steps}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from instraction.config_checks import ConfigError, check_choice, check_range
+
 
 @dataclass
 class TrainConfig:
@@ -43,7 +45,7 @@ class TrainConfig:
     """Steps between checkpoints (each one is a ray.train.report with a Checkpoint)."""
     report_every: int = 25
     """Steps between metric-only ray.train.report calls. Each waits for the controller's next poll
-    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 2 s by Ray's default, 0.2 s when run_training sets it)."""
+    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 2 s by Ray's default, 0.1 s as instraction/cluster.py sets it)."""
     num_to_keep: int = 2
     """Checkpoints kept in storage (Ray Train CheckpointConfig); the oldest are deleted."""
     max_failures: int = 1
@@ -67,8 +69,6 @@ class TrainConfig:
     """Write the final weights as model.safetensors (ZeRO-3 parameters gathered) into the last checkpoint."""
 
     def validate(self, path: str) -> None:
-        from instraction.config import check_choice, check_range
-
         check_choice(f"{path}.precision", self.precision, ["fp32", "bf16", "bf16-mixed", "fp16"])
         check_choice(f"{path}.zero_stage", self.zero_stage, [0, 1, 2, 3])
         check_range(f"{path}.num_workers", self.num_workers, 1, None)
@@ -84,8 +84,6 @@ class TrainConfig:
         check_range(f"{path}.max_failures", self.max_failures, -1, None)
         check_range(f"{path}.max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1, None)
         if self.precision == "fp16" and not self.use_gpu:
-            from instraction.config import ConfigError
-
             raise ConfigError(f"{path}.precision=fp16 needs use_gpu=true (use bf16 or fp32 on CPU)")
 
 

@@ -21,15 +21,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from instraction import tracking
+from instraction import cluster, tracking
 from instraction.config import Config, to_yaml
 from instraction.storage import is_remote, open_filesystem, read_json_or_none, redact, resolve
 
 log = logging.getLogger(__name__)
 
-# Ray Train V2's report() waits for the controller's next poll (default every 2 s). Only set when unset; the
-# controller reads it from the driver's environment when fit() starts it.
-REPORT_POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
 
 
 def storage(cfg: Config, run_dir: str) -> tuple[str, str]:
@@ -148,8 +145,7 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     if "train" not in datasets:
         raise ValueError(f"datasets needs a 'train' dataset, got {sorted(datasets)}")
     run_dir = resolve(run_dir)
-    for key, value in REPORT_POLL_ENV.items():
-        os.environ.setdefault(key, value)
+    cluster.set_report_poll_env()  # the controller reads it from the driver's environment when fit() starts it
     if not cfg.train.resume and has_previous_run(cfg, run_dir):
         raise FileExistsError(f"{run_dir} already holds a Ray Train run and train.resume=false: choose a new run "
                               "directory (or set train.resume=true to continue it)")
