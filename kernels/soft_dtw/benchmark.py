@@ -262,8 +262,9 @@ def _model_shape(impls: dict, gamma: float) -> None:
             start = time.perf_counter()
             b2b, sync = _both_timings(fn, cost)
             first = first or (b2b, sync)
+            took = time.perf_counter() - start
             print(f"  {name:>16}: {1e3 * b2b:9.1f} us / {1e3 * sync:9.1f} us  {b * n * m / (1e6 * b2b):6.2f} cells/ns"
-                  f"  (triton {first[0] / b2b:.2g}x / {first[1] / sync:.2g}x of this; {time.perf_counter() - start:.1f} s)")
+                  f"  (triton {first[0] / b2b:.2g}x / {first[1] / sync:.2g}x of this; {took:.1f} s)")
         except Exception as err:  # e.g. pysdtw refusing a shape
             print(f"  {name}: {type(err).__name__}: {err}")
     values = {name: _fwd_bwd(fn, cost)[:2] for name, fn in runs.items() if name in ("triton", "torch")}
