@@ -115,7 +115,7 @@ def wants_synthkitchen(cfg: Config) -> bool:
     if mode is None and not _same_location(location, embedded_shards()):
         if present:
             return False  # ours, rendered here on request earlier: used as they are
-        raise ConfigError(f"no shards at data.shards={shards.redact(location)!r}; SynthKitchen is rendered only into "
+        raise ConfigError(f"no shards at data.shards={storage.redact(location)!r}; SynthKitchen is rendered only into "
                           f"the embedded default's {embedded_shards()!r} or with data.make_synthetic=true")
     return True
 

@@ -132,9 +132,9 @@ def test_dispatch():
 @pytest.mark.parametrize("b,n,m,full", [(19, 7, 12, True), (19, 7, 12, False), (21, 3, 40, True), (21, 3, 40, False)])
 def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
     """Both loop orders of the forward's per-row copy [B,N,M] row i -> [columns, lanes] (rows of <= 32 / longer rows),
-    for the whole row and for a tile's columns c0.. and lanes b0..b1-1: scaled costs inside each pair's lengths, exact
-    zeros outside them, whatever the buffer held before; the padding pairs' columns are not touched (the forward
-    zeroes them once)."""
+    for the whole row and for a tile's columns c0.. of a lane block's pairs: scaled costs inside each pair's lengths,
+    exact zeros outside them, whatever the buffer held before; the padding pairs' columns are not touched (the
+    forward zeroes them once)."""
     from instraction.kernels.soft_dtw.cpu import _LANES, _cost_row
 
     rng = np.random.default_rng(b * n * m)
@@ -146,7 +146,7 @@ def test_row_copy_scales_and_zeroes_the_padding(b, n, m, full):
     for b0, b1, c0, wd in [(0, nbp, 0, m), (_LANES, nbp, 1, m - 3), (0, _LANES, m // 2, m - m // 2)]:
         for i in range(n):
             out = np.full((wd, b1 - b0), np.nan)
-            _cost_row(cost, i, ln, lm, -2.5, full, out, b0, b1, c0)
+            _cost_row(cost[b0:b1], i, ln[b0:b1], lm[b0:b1], -2.5, full, out, c0)
             want = np.full((wd, b1 - b0), np.nan)
             want[:, :max(0, min(b1, b) - b0)] = 0.0
             for k in range(b0, min(b1, b)):
@@ -189,7 +189,8 @@ def test_parallel_plans_are_bit_identical_to_one_thread(monkeypatch, b, n, m, th
     g = torch.Generator().manual_seed(b + n + m)
     cost = random_cost(b, n, m, seed=n + m)
     weights = torch.linspace(-1.0, 2.0, b, dtype=torch.float64)
-    for lengths in [(None, None), (torch.randint(1, n + 1, (b,), generator=g), torch.randint(1, m + 1, (b,), generator=g))]:
+    some = (torch.randint(1, n + 1, (b,), generator=g), torch.randint(1, m + 1, (b,), generator=g))
+    for lengths in [(None, None), some]:
         monkeypatch.setattr(cpu, "_plan", lambda *shape: plan(*shape[:3], 1))
         one = _run(soft_dtw_numba, cost, 0.1, *lengths, weights)
         monkeypatch.setattr(cpu, "_plan", lambda *shape: plan(*shape[:3], threads))
@@ -202,19 +203,19 @@ def test_parallel_plans_are_bit_identical_to_one_thread(monkeypatch, b, n, m, th
 def test_plan_splits_pairs_first_then_tiles():
     from instraction.kernels.soft_dtw.cpu import _LANES, _TILE_MIN_SIDE, _plan
 
-    lanes, rows, cols = _plan(256, 32, 12, 2)  # many pairs: two lane blocks, no tiles
-    assert lanes.tolist() == [0, 128, 256] and rows.tolist() == [0, 32] and cols.tolist() == [0, 12]
-    lanes, rows, cols = _plan(8, 512, 512, 2)  # one lane block: a wavefront of 2 x 8 tiles
-    assert lanes.tolist() == [0, _LANES] and len(rows) == 3 and len(cols) == 9
-    lanes, rows, cols = _plan(33, 96, 4000, 8)  # 3 lane blocks for 8 threads: 3 x 12 tiles, 3 along the short side
-    assert len(lanes) == 4 and len(rows) == 4 and len(cols) == 13
+    nc, lanes, rows, cols = _plan(256, 32, 12, 2)  # many pairs: two lane blocks, no tiles
+    assert (nc, lanes) == (2, 128) and rows.tolist() == [0, 32] and cols.tolist() == [0, 12]
+    nc, lanes, rows, cols = _plan(8, 512, 512, 2)  # one lane block: a wavefront of 2 x 8 tiles
+    assert (nc, lanes) == (1, _LANES) and len(rows) == 3 and len(cols) == 9
+    nc, lanes, rows, cols = _plan(33, 96, 4000, 8)  # 3 lane blocks for 8 threads: 3 x 12 tiles, 3 along the short side
+    assert nc == 3 and len(rows) == 4 and len(cols) == 13
     for b, n, m, threads in [(8, 20, 500, 4), (1, 64, 64, 1), (300, 128, 128, 4)]:  # too thin / one thread / many pairs
-        lanes, rows, cols = _plan(b, n, m, threads)
+        _, _, rows, cols = _plan(b, n, m, threads)
         assert len(rows) == len(cols) == 2
-    for b, n, m, threads in [(33, 96, 4000, 8), (1, 1000, 70, 16), (100, 3, 3, 3)]:
-        lanes, rows, cols = _plan(b, n, m, threads)
-        assert lanes[0] == 0 and lanes[-1] == -(-b // _LANES) * _LANES and (np.diff(lanes) % _LANES == 0).all()
-        assert (np.diff(lanes) > 0).all() and len(lanes) - 1 <= threads
+    for b, n, m, threads in [(33, 96, 4000, 8), (1, 1000, 70, 16), (100, 3, 3, 3), (80, 5, 5, 4), (17, 9, 9, 2)]:
+        nc, lanes, rows, cols = _plan(b, n, m, threads)
+        padded = -(-b // _LANES) * _LANES
+        assert lanes % _LANES == 0 and nc <= threads and (nc - 1) * lanes < padded <= nc * lanes
         for edges, size in ((rows, n), (cols, m)):
             assert edges[0] == 0 and edges[-1] == size and (np.diff(edges) > 0).all()
             assert len(edges) == 2 or np.diff(edges).min() >= _TILE_MIN_SIDE

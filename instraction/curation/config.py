@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from instraction.config_checks import ConfigError, check_choice, check_range
 from instraction.lexicon import SYNTH_VERBS

@@ -238,21 +238,22 @@ def _both_timings(fn, cost: torch.Tensor, calls: int = 50) -> tuple[float, float
     return back_to_back, 1e3 * statistics.median(walls)
 
 
-def _model_shape(impls: dict, gamma: float) -> None:
-    """The model's shape: Triton (register kernels), the wavefront kernels forced, and the other implementations."""
+def _model_shape(impls: dict, gamma: float, wavefront: bool = True) -> None:
+    """The model's shape: Triton (register kernels), the wavefront kernels forced (unless not `wavefront`: their
+    autotuning at this shape compiles ~20 configs), and the other implementations."""
     from instraction.kernels.soft_dtw import triton as sdtw_triton
 
     b, n, m = MODEL_SHAPE
     cost = random_cost(b, n, m, seed=1, dtype=torch.float32, device="cuda")
 
-    def wavefront(c):
+    def forced(c):
         small, sdtw_triton._SMALL_CELLS = sdtw_triton._SMALL_CELLS, 0
         try:
             return sdtw_triton.soft_dtw_triton(c, gamma)
         finally:
             sdtw_triton._SMALL_CELLS = small
 
-    runs = {"triton": impls["triton"][0], "triton-wavefront": wavefront,
+    runs = {"triton": impls["triton"][0], **({"triton-wavefront": forced} if wavefront else {}),
             **{name: fn for name, (fn, _) in impls.items() if name != "triton"}}
     print(f"model shape B={b}, {n}x{m} (register kernels: {sdtw_triton.is_small(n, m)}), fwd+bwd float32, "
           f"gamma={gamma}: back-to-back (do_bench median) / one synchronised call, cells/ns of the first")
@@ -262,8 +263,9 @@ def _model_shape(impls: dict, gamma: float) -> None:
             start = time.perf_counter()
             b2b, sync = _both_timings(fn, cost)
             first = first or (b2b, sync)
+            took = time.perf_counter() - start
             print(f"  {name:>16}: {1e3 * b2b:9.1f} us / {1e3 * sync:9.1f} us  {b * n * m / (1e6 * b2b):6.2f} cells/ns"
-                  f"  (triton {first[0] / b2b:.2g}x / {first[1] / sync:.2g}x of this; {time.perf_counter() - start:.1f} s)")
+                  f"  ({b2b / first[0]:.3g}x / {sync / first[1]:.3g}x triton's time; {took:.1f} s)")
         except Exception as err:  # e.g. pysdtw refusing a shape
             print(f"  {name}: {type(err).__name__}: {err}")
     values = {name: _fwd_bwd(fn, cost)[:2] for name, fn in runs.items() if name in ("triton", "torch")}
@@ -280,6 +282,8 @@ def run_gpu(argv: list[str] | None = None) -> int:
     parser.add_argument("--sdtw-lengths", dest="lengths", type=int, nargs="+", default=GPU_LENGTHS)
     parser.add_argument("--sdtw-gamma", dest="gamma", type=float, default=0.1)
     parser.add_argument("--sdtw-repeats", dest="repeats", type=int, default=5)
+    parser.add_argument("--sdtw-no-wavefront", dest="wavefront", action="store_false",
+                        help="skip the wavefront kernels' line at the model shape (saves their autotuning there)")
     parser.add_argument("--sdtw-seconds", dest="seconds", type=float, default=2.0,
                         help="timed calls per implementation and length stop after about this long")
     parser.add_argument("--sdtw-memory-fraction", dest="memory_fraction", type=float, default=0.5,
@@ -307,7 +311,7 @@ def run_gpu(argv: list[str] | None = None) -> int:
     except Exception as err:  # numba-cuda missing or no driver support: say so, keep going
         print(f"pysdtw CUDA unavailable: {err}")
     begin = time.perf_counter()
-    _model_shape(impls, ns.gamma)
+    _model_shape(impls, ns.gamma, ns.wavefront)
     print(f"soft-DTW fwd+bwd on {torch.cuda.get_device_name()}, float32, gamma={ns.gamma}, median of <= {ns.repeats} "
           f"calls (fewer past {ns.seconds:g} s), CUDA events per call")
     print(f"{'L':>5} {'B':>5} " + " ".join(f"{name + ' ms':>11} {name + ' MiB':>11}" for name in impls) +

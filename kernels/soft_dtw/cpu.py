@@ -25,10 +25,12 @@ Same recurrence as reference.py (README.md has the maths). Design:
   * every input dtype accumulates in float64 (float32 and half inputs too: the kernels are compiled once, and the
     extra precision is free of the float32 floor `eps32 R / g` of reference.py); outputs are cast back.
   * threads (numba's, default: the core count; `numba.set_num_threads` lowers it): the pairs are split into up to
-    that many blocks of whole 16-lane groups (`_plan`), run by a prange; when that leaves threads idle (fewer than
-    16 pairs per thread) and a pair's DP has >= 64 x 64 cells, each pair's DP is also cut into tiles (p blocks along
-    the shorter side, 4p along the longer, >= 32 cells a side) run as a wavefront of tile anti-diagonals, one
-    parallel region each; tiles hand their last row / column to their neighbours through small edge buffers. Every
+    that many lane blocks of equal width, whole 16-lane groups (`_plan`), run by a prange; every per-pair array is
+    block-major ([blocks, ..., lanes]) so a block's loops are the single-threaded ones; when that leaves threads
+    idle (fewer than 16 pairs per thread) and a pair's DP has >= 64 x 64 cells, each pair's DP is also cut into
+    tiles (p blocks along the shorter side, 4p along the longer, >= 32 cells a side) run as a wavefront of tile
+    anti-diagonals, one parallel region each; tiles hand their last row / column to their neighbours through small
+    edge buffers. Every
     cell does the same arithmetic whatever the plan, so results are bit-identical at any thread count. One tile in
     all (one thread, or few pairs on a small DP) skips the parallel driver, whose launch costs ~40 us.
 """
@@ -69,7 +71,6 @@ def _on_disk_cache_probe():
 _JIT = dict(cache=_on_disk_cache(), nogil=True, fastmath={"contract"}, error_model="numpy")  # contract: FMAs only
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
-_NO_EDGE = np.zeros((1, 1, 1))  # boundary buffers of an untiled DP (never read)
 _LANES = 16  # the batch is padded to a multiple of this: LLVM vectorises the pair loop 16 wide (2 x AVX-512),
 # a shorter loop would run its scalar remainder (~8x slower per cell)
 
@@ -103,83 +104,84 @@ def _exp2_nonpos(x):
 
 
 @numba.njit(**_JIT)
-def _cost_row(src, i, ln, lm, scale, full, out, b0, b1, c0):
-    """out[jj, b - b0] = scale * src[b, i, c0 + jj] for the pairs b0 <= b < min(b1, B) and the len(out) columns from
-    c0, inside pair b's lengths (all of it when `full`), 0 in its padding; columns of the padding pairs (b >= B) are
-    left alone (the caller zeroes them once). Two loop orders, chosen by measurement (the strided side is the slow one
-    either way): for short rows (M <= 32: the paper's K x verbs) each pair's row is read contiguously and scattered
-    over the rows of `out`; otherwise blocks of 8 pairs per column, whose strided reads stay in L1 (the `full` loop
-    has no select: 2x faster than with one)."""
-    be, wd = min(b1, src.shape[0]), out.shape[0]
+def _cost_row(src, i, ln, lm, scale, full, out, c0):
+    """out[jj, b] = scale * src[b, i, c0 + jj] for the len(src) pairs (a lane block's; len(out) columns from c0),
+    inside pair b's lengths (all of it when `full`), 0 in its padding; columns of the padding pairs (b >= len(src))
+    are left alone (the caller zeroes them once). Two loop orders, chosen by measurement (the strided side is the
+    slow one either way): for short rows (M <= 32: the paper's K x verbs) each pair's row is read contiguously and
+    scattered over the rows of `out`; otherwise blocks of 8 pairs per column, whose strided reads stay in L1 (the
+    `full` loop has no select: 2x faster than with one)."""
+    nb, wd = src.shape[0], out.shape[0]
     if src.shape[2] <= 32:
-        for b in range(b0, be):
-            row = src[b, i]
+        for b in range(nb):
+            row = src[b, i, c0:c0 + wd]
             if full:
                 for jj in range(wd):
-                    out[jj, b - b0] = scale * row[c0 + jj]
+                    out[jj, b] = scale * row[jj]
             else:
                 lim = lm[b] - c0 if i < ln[b] else 0
                 for jj in range(wd):
-                    out[jj, b - b0] = scale * row[c0 + jj] if jj < lim else 0.0
+                    out[jj, b] = scale * row[jj] if jj < lim else 0.0
         return
-    for bb in range(b0, be, 8):
-        bs = min(be, bb + 8)
+    for b0 in range(0, nb, 8):
+        b1 = min(nb, b0 + 8)
         for jj in range(wd):
             if full:
-                for b in range(bb, bs):
-                    out[jj, b - b0] = scale * src[b, i, c0 + jj]
+                for b in range(b0, b1):
+                    out[jj, b] = scale * src[b, i, c0 + jj]
             else:
-                for b in range(bb, bs):
-                    out[jj, b - b0] = scale * src[b, i, c0 + jj] if (i < ln[b] and c0 + jj < lm[b]) else 0.0
+                for b in range(b0, b1):
+                    out[jj, b] = scale * src[b, i, c0 + jj] if (i < ln[b] and c0 + jj < lm[b]) else 0.0
 
 
 @numba.njit(**_JIT)
-def _forward_tile(src, ln, lm, scale, full, w, gamma, value, hb_p, hb_x, vb_p, vb_x, b0, b1, i0, i1, j0, j1, r, q):
+def _forward_tile(src, ln, lm, scale, full, w, gamma, value, hb_p, hb_x, vb_p, vb_x, i0, i1, j0, j1, r, q):
     """The forward DP (row-major, pairs innermost, in base 2) on the tile rows i0..i1 x columns j0..j1 (1-based) of
-    the pairs b0..b1-1. A cell's value V = -R / (g ln 2) = P + log2 X is held as (P, X) with X in [1, 2). With
-    Pm = max of the predecessors' P and F_t = 2^(P_t - Pm) in (0, 1] (the argmax's is exactly 1):
+    one lane block (its arrays: src [<= lanes, N, M], ln, lm, value [lanes], w [2, N+2, M+2, lanes], edges
+    [tiles, length, lanes]). A cell's value V = -R / (g ln 2) = P + log2 X is held as (P, X) with X in [1, 2).
+    With Pm = max of the predecessors' P and F_t = 2^(P_t - Pm) in (0, 1] (the argmax's is exactly 1):
     Xr = sum_t F_t X_t in [1, 6), X = Xr / 2^k (k = 0, 1, 2: X back in [1, 2)), P = c + Pm + k - no log, no overflow.
     w[t, i, j, b] = F_t X_t / Xr: weight of predecessor t (0: up, 1: left) in cell (i, j); the diagonal's is
     1 - w_up - w_left (the backward derives it: a third of the weights' memory traffic saved, ~3% overall).
-    value[b] (b < len(value)) = R of cell (ln[b], lm[b]) = -gamma ln2 (P + log2 X), written by the tile that holds it.
+    value[b] = R of cell (ln[b], lm[b]) = -gamma ln2 (P + log2 X), written by the tile that holds that cell.
     Tile (r, q) reads row i0 - 1 from hb[r] and column j0 - 1 from vb[q] (the border when i0 = 1 / j0 = 1) and
     writes its last row to hb[r + 1], its last column to vb[q + 1] (when those exist). The cost is read one row at a
     time (`_cost_row`: scaled, batch last) into a buffer that stays in L1: no [N, M, B] copy of the whole cost."""
-    n, m = w.shape[1] - 2, w.shape[2] - 2
-    nb, wd = b1 - b0, j1 - j0 + 1
+    n, m, nb = w.shape[1] - 2, w.shape[2] - 2, w.shape[3]
+    wd = j1 - j0 + 1
     neg = -1e300  # P of the border cells (their X is 0, so they never contribute)
-    c = np.zeros((wd, nb))  # the current row's cost; padding pairs (b >= B) keep 0
+    c = np.zeros((wd, nb))  # the current row's cost; padding pairs keep 0
     prev_p, prev_x = np.empty((wd + 1, nb)), np.empty((wd + 1, nb))  # index jj <-> column j0 - 1 + jj
     cur_p, cur_x = np.empty((wd + 1, nb)), np.empty((wd + 1, nb))
     left_p, left_x = np.empty(nb), np.empty(nb)
     for jj in range(wd + 1):
         for b in range(nb):
             if i0 > 1:
-                prev_p[jj, b] = hb_p[r, j0 - 1 + jj, b0 + b]
-                prev_x[jj, b] = hb_x[r, j0 - 1 + jj, b0 + b]
+                prev_p[jj, b] = hb_p[r, j0 - 1 + jj, b]
+                prev_x[jj, b] = hb_x[r, j0 - 1 + jj, b]
             else:  # row 0: the origin (V = 0) at column 0, the border elsewhere
                 prev_p[jj, b] = 0.0 if j0 + jj == 1 else neg
                 prev_x[jj, b] = 1.0 if j0 + jj == 1 else 0.0
     for t in range(2):  # border the backward reads: row n+1 and column m+1 get weight 0
         if i1 == n:
             for j in range(j0, j1 + 2 if j1 == m else j1 + 1):
-                for b in range(b0, b1):
+                for b in range(nb):
                     w[t, n + 1, j, b] = 0.0
         if j1 == m:
             for i in range(i0, i1 + 1):
-                for b in range(b0, b1):
+                for b in range(nb):
                     w[t, i, m + 1, b] = 0.0
     for i in range(i0, i1 + 1):
-        _cost_row(src, i - 1, ln, lm, scale, full, c, b0, b1, j0 - 1)
+        _cost_row(src, i - 1, ln, lm, scale, full, c, j0 - 1)
         for b in range(nb):
-            left_p[b] = vb_p[q, i, b0 + b] if j0 > 1 else neg
-            left_x[b] = vb_x[q, i, b0 + b] if j0 > 1 else 0.0
+            left_p[b] = vb_p[q, i, b] if j0 > 1 else neg
+            left_x[b] = vb_x[q, i, b] if j0 > 1 else 0.0
             cur_p[0, b] = left_p[b]
             cur_x[0, b] = left_x[b]
         for jj in range(1, wd + 1):
             up_p, up_x, diag_p, diag_x = prev_p[jj], prev_x[jj], prev_p[jj - 1], prev_x[jj - 1]
             out_p, out_x, cc = cur_p[jj], cur_x[jj], c[jj - 1]
-            w_up, w_left = w[0, i, j0 - 1 + jj, b0:b1], w[1, i, j0 - 1 + jj, b0:b1]
+            w_up, w_left = w[0, i, j0 - 1 + jj], w[1, i, j0 - 1 + jj]
             for b in range(nb):
                 pu = up_p[b]
                 pl = left_p[b]
@@ -208,91 +210,90 @@ def _forward_tile(src, ln, lm, scale, full, w, gamma, value, hb_p, hb_x, vb_p, v
                 out_x[b] = x
                 left_p[b] = p
                 left_x[b] = x
-        for b in range(b0, min(b1, value.shape[0])):
+        for b in range(nb):
             if ln[b] == i and j0 <= lm[b] <= j1:
                 jj = lm[b] - j0 + 1
-                value[b] = -gamma * (cur_p[jj, b - b0] * _LN2 + math.log(cur_x[jj, b - b0]))
+                value[b] = -gamma * (cur_p[jj, b] * _LN2 + math.log(cur_x[jj, b]))
         if q + 1 < vb_p.shape[0]:  # the last column, for the tile on the right
             for b in range(nb):
-                vb_p[q + 1, i, b0 + b] = cur_p[wd, b]
-                vb_x[q + 1, i, b0 + b] = cur_x[wd, b]
+                vb_p[q + 1, i, b] = cur_p[wd, b]
+                vb_x[q + 1, i, b] = cur_x[wd, b]
         prev_p, cur_p = cur_p, prev_p
         prev_x, cur_x = cur_x, prev_x
     if r + 1 < hb_p.shape[0]:  # the last row, for the tile below (column 0: the border, from the first tile)
         for jj in range(0 if j0 == 1 else 1, wd + 1):
             for b in range(nb):
-                hb_p[r + 1, j0 - 1 + jj, b0 + b] = prev_p[jj, b]
-                hb_x[r + 1, j0 - 1 + jj, b0 + b] = prev_x[jj, b]
+                hb_p[r + 1, j0 - 1 + jj, b] = prev_p[jj, b]
+                hb_x[r + 1, j0 - 1 + jj, b] = prev_x[jj, b]
 
 
 @numba.njit(**_JIT)
-def _backward_tile(w, ln, lm, grad_value, grad, eh, ev, b0, b1, i0, i1, j0, j1, r, q):
-    """grad[b, i-1, j-1] = dvalue_b/dcost[b, i-1, j-1] * grad_value[b] (b < B) on the tile rows i0..i1 x columns
-    j0..j1 of the pairs b0..b1-1, by the E recursion on two rolling rows of E; each finished row is transposed into
-    grad while it is still in L1 (no [N, M, B] E array). E of row i1 + 1 comes from eh[r + 1], of column j1 + 1 from
-    ev[q + 1] (0 past the last row / column); the tile leaves its first row in eh[r], its first column in ev[q]."""
-    n, m = w.shape[1] - 2, w.shape[2] - 2
-    nb, wd, nbo = b1 - b0, j1 - j0 + 1, grad.shape[0]
-    gv, lnb, lmb = grad_value[b0:b1], ln[b0:b1], lm[b0:b1]
+def _backward_tile(w, ln, lm, grad_value, grad, eh, ev, i0, i1, j0, j1, r, q):
+    """grad[b, i-1, j-1] = dvalue_b/dcost[b, i-1, j-1] * grad_value[b] (b < len(grad): the lane block's real pairs)
+    on the tile rows i0..i1 x columns j0..j1, by the E recursion on two rolling rows of E; each finished row is
+    transposed into grad while it is still in L1 (no [N, M, B] E array). E of row i1 + 1 comes from eh[r + 1], of
+    column j1 + 1 from ev[q + 1] (0 past the last row / column); the tile leaves its first row in eh[r], its first
+    column in ev[q]."""
+    n, m, nb = w.shape[1] - 2, w.shape[2] - 2, w.shape[3]
+    wd, nbo = j1 - j0 + 1, grad.shape[0]
     below = np.zeros((wd + 1, nb))  # E[i+1, j0 + jj]
     cur = np.zeros((wd + 1, nb))  # E[i, j0 + jj]
     if i1 < n:
         for jj in range(wd + 1):
             for b in range(nb):
-                below[jj, b] = eh[r + 1, j0 + jj, b0 + b]
+                below[jj, b] = eh[r + 1, j0 + jj, b]
     for i in range(i1, i0 - 1, -1):
         for b in range(nb):
-            cur[wd, b] = ev[q + 1, i, b0 + b] if j1 < m else 0.0
+            cur[wd, b] = ev[q + 1, i, b] if j1 < m else 0.0
         for jj in range(wd - 1, -1, -1):
             j = j0 + jj
             e_below, e_below_right, e_right, out = below[jj], below[jj + 1], cur[jj + 1], cur[jj]
-            w_up, w_left = w[0, i + 1, j, b0:b1], w[1, i, j + 1, b0:b1]
-            wd_up, wd_left = w[0, i + 1, j + 1, b0:b1], w[1, i + 1, j + 1, b0:b1]
+            w_up, w_left, wd_up, wd_left = w[0, i + 1, j], w[1, i, j + 1], w[0, i + 1, j + 1], w[1, i + 1, j + 1]
             for b in range(nb):
                 w_diag = 1.0 - wd_up[b] - wd_left[b]
                 v = w_up[b] * e_below[b] + w_left[b] * e_right[b] + w_diag * e_below_right[b]
-                out[b] = v + (gv[b] if (lnb[b] == i and lmb[b] == j) else 0.0)
-        for b in range(b0, min(b1, nbo)):
+                out[b] = v + (grad_value[b] if (ln[b] == i and lm[b] == j) else 0.0)
+        for b in range(nbo):
             for jj in range(wd):
-                grad[b, i - 1, j0 - 1 + jj] = cur[jj, b - b0]
+                grad[b, i - 1, j0 - 1 + jj] = cur[jj, b]
         if q > 0:
             for b in range(nb):
-                ev[q, i, b0 + b] = cur[0, b]
+                ev[q, i, b] = cur[0, b]
         below, cur = cur, below
     if r > 0:  # the first row, for the tile above (column m + 1: 0, from the last tile)
         for jj in range(wd + 1 if j1 == m else wd):
             for b in range(nb):
-                eh[r, j0 + jj, b0 + b] = below[jj, b]
+                eh[r, j0 + jj, b] = below[jj, b]
 
 
 @numba.njit(parallel=True, **_JIT)
-def _forward(src, ln, lm, scale, full, w, gamma, value, hb_p, hb_x, vb_p, vb_x, lanes, rows, cols):
-    """The forward over tiles: lanes / rows / cols are the block boundaries of pairs / rows / columns (the tile (r, q)
-    of pairs lanes[c]..lanes[c+1]-1 holds rows rows[r]+1..rows[r+1], columns cols[q]+1..cols[q+1]). Tiles on one
-    anti-diagonal r + q = d of blocks, over all pair blocks, run in parallel (numba's threads); one tile in all is the
-    plain single-threaded DP."""
-    nc, nr, nq = len(lanes) - 1, len(rows) - 1, len(cols) - 1
+def _forward(src, ln, lm, scale, full, w, gamma, value, hb_p, hb_x, vb_p, vb_x, rows, cols):
+    """The forward over tiles: lane block c (pairs c*lanes.., arrays [c]) and tile (r, q) of rows rows[r]+1..rows[r+1]
+    and columns cols[q]+1..cols[q+1]. Tiles on one anti-diagonal r + q = d of blocks, over all lane blocks, run in
+    parallel (numba's threads)."""
+    nc, lanes, nr, nq = w.shape[0], w.shape[4], len(rows) - 1, len(cols) - 1
     for d in range(nr + nq - 1):
         r_lo = max(0, d - nq + 1)
         tasks = (min(d, nr - 1) - r_lo + 1) * nc
         for t in numba.prange(tasks):
             c, r = t % nc, r_lo + t // nc
-            _forward_tile(src, ln, lm, scale, full, w, gamma, value, hb_p, hb_x, vb_p, vb_x, lanes[c], lanes[c + 1],
-                          rows[r] + 1, rows[r + 1], cols[d - r] + 1, cols[d - r + 1], r, d - r)
+            _forward_tile(src[c * lanes:(c + 1) * lanes], ln[c], lm[c], scale, full, w[c], gamma, value[c], hb_p[c],
+                          hb_x[c], vb_p[c], vb_x[c], rows[r] + 1, rows[r + 1], cols[d - r] + 1, cols[d - r + 1], r,
+                          d - r)
 
 
 @numba.njit(parallel=True, **_JIT)
-def _backward(w, ln, lm, grad_value, grad, eh, ev, lanes, rows, cols):
+def _backward(w, ln, lm, grad_value, grad, eh, ev, rows, cols):
     """The backward over the forward's tiles, anti-diagonals of blocks in reverse order, each in parallel."""
-    nc, nr, nq = len(lanes) - 1, len(rows) - 1, len(cols) - 1
+    nc, lanes, nr, nq = w.shape[0], w.shape[4], len(rows) - 1, len(cols) - 1
     for dd in range(nr + nq - 1):
         d = nr + nq - 2 - dd
         r_lo = max(0, d - nq + 1)
         tasks = (min(d, nr - 1) - r_lo + 1) * nc
         for t in numba.prange(tasks):
             c, r = t % nc, r_lo + t // nc
-            _backward_tile(w, ln, lm, grad_value, grad, eh, ev, lanes[c], lanes[c + 1], rows[r] + 1, rows[r + 1],
-                           cols[d - r] + 1, cols[d - r + 1], r, d - r)
+            _backward_tile(w[c], ln[c], lm[c], grad_value[c], grad[c * lanes:(c + 1) * lanes], eh[c], ev[c],
+                           rows[r] + 1, rows[r + 1], cols[d - r] + 1, cols[d - r + 1], r, d - r)
 
 
 def _aligned_empty(shape: tuple) -> np.ndarray:
@@ -343,42 +344,42 @@ class _Lease:
 
 
 @functools.lru_cache(maxsize=64)
-def _full_lengths(b: int, n: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(ln, lm) int64 [B padded to _LANES] of a batch without lengths: N and M, 0 for the padding pairs. Shared
-    between calls (the kernels only read them)."""
-    nbp = -(-b // _LANES) * _LANES
-    ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
+def _full_lengths(b: int, n: int, m: int, nc: int, lanes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ln, lm) int64 [nc, lanes] (the batch in lane blocks) of a batch without lengths: N and M, 0 for the padding
+    pairs. Shared between calls (the kernels only read them)."""
+    ln, lm = np.zeros(nc * lanes, dtype=np.int64), np.zeros(nc * lanes, dtype=np.int64)
     ln[:b], lm[:b] = n, m
-    return ln, lm
+    return ln.reshape(nc, lanes), lm.reshape(nc, lanes)
 
 
 @numba.njit(**_JIT)
 def _forward_one(src, ln, lm, scale, full, w, gamma, value):
     """The whole DP as one tile, without the parallel driver (its thread-pool launch costs ~40 us a call)."""
     e = np.zeros((1, 1, 1))  # no edges to hand over
-    _forward_tile(src, ln, lm, scale, full, w, gamma, value, e, e, e, e, 0, w.shape[3], 1, w.shape[1] - 2, 1,
-                  w.shape[2] - 2, 0, 0)
+    _forward_tile(src, ln[0], lm[0], scale, full, w[0], gamma, value[0], e, e, e, e, 1, w.shape[2] - 2, 1,
+                  w.shape[3] - 2, 0, 0)
 
 
 @numba.njit(**_JIT)
 def _backward_one(w, ln, lm, grad_value, grad):
     e = np.zeros((1, 1, 1))
-    _backward_tile(w, ln, lm, grad_value, grad, e, e, 0, w.shape[3], 1, w.shape[1] - 2, 1, w.shape[2] - 2, 0, 0)
+    _backward_tile(w[0], ln[0], lm[0], grad_value[0], grad, e, e, 1, w.shape[2] - 2, 1, w.shape[3] - 2, 0, 0)
 
 
-_TILE_MIN_CELLS = 64 * 64  # below this a pair's DP is not split into tiles (measured: see README.md)
+_TILE_MIN_CELLS = 64 * 64  # below this a pair's DP is not split into tiles
 _TILE_MIN_SIDE = 32  # rows / columns per tile at least
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(b: int, n: int, m: int, threads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block boundaries (lanes, rows, cols) of the tiles: the pairs (in blocks of _LANES) are split over up to
-    `threads` lane blocks; when that leaves threads idle (few pairs) and the DP is big enough, each pair's DP is also
-    cut into a wavefront of tiles, p blocks along its shorter side and 4p along the longer one (p threads busy on
-    all but the first and last p - 1 of the 5p - 1 tile anti-diagonals)."""
-    blocks = -(-b // _LANES)
-    nc = max(1, min(threads, blocks))
-    lanes = np.array([_LANES * (blocks * c // nc) for c in range(nc + 1)], dtype=np.int64)
+def _plan(b: int, n: int, m: int, threads: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(lane blocks, lanes per block, row boundaries, column boundaries) of the tiles: the pairs go in up to
+    `threads` blocks of equal width, whole groups of _LANES (the widest block sets the time of a parallel step, so
+    equal widths cost no time); when that leaves threads idle (few pairs) and the DP is big enough, each pair's DP is
+    also cut into a wavefront of tiles, p blocks along its shorter side and 4p along the longer one (p threads busy
+    on all but the first and last p - 1 of the 5p - 1 tile anti-diagonals)."""
+    groups = -(-b // _LANES)
+    lanes = _LANES * -(-groups // max(1, min(threads, groups)))
+    nc = -(-groups * _LANES // lanes)
     nr = nq = 1
     p = -(-threads // nc)
     if p > 1 and n * m >= _TILE_MIN_CELLS:
@@ -389,52 +390,52 @@ def _plan(b: int, n: int, m: int, threads: int) -> tuple[np.ndarray, np.ndarray,
             nr, nq = (ps, pl) if n <= m else (pl, ps)
     rows = np.array([n * r // nr for r in range(nr + 1)], dtype=np.int64)
     cols = np.array([m * q // nq for q in range(nq + 1)], dtype=np.int64)
-    return lanes, rows, cols
+    return nc, lanes, rows, cols
 
 
 class _SoftDTWNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, gamma, lengths_n, lengths_m):
         b, n, m = cost.shape
-        nbp = -(-b // _LANES) * _LANES
+        nc, lanes, rows, cols = plan = _plan(b, n, m, numba.get_num_threads())
         full = lengths_n is None  # check_inputs gives both or neither
         if full:
-            ln, lm = _full_lengths(b, n, m)
+            ln, lm = _full_lengths(b, n, m, nc, lanes)
         else:  # padded pairs: length 0, never read
-            ln, lm = np.zeros(nbp, dtype=np.int64), np.zeros(nbp, dtype=np.int64)
+            ln, lm = np.zeros(nc * lanes, dtype=np.int64), np.zeros(nc * lanes, dtype=np.int64)
             ln[:b] = lengths_n.cpu().numpy()
             lm[:b] = lengths_m.cpu().numpy()
+            ln, lm = ln.reshape(nc, lanes), lm.reshape(nc, lanes)
         src = cost.detach().to(torch.float64).contiguous().numpy()
-        w = _POOL.get((2, n + 2, m + 2, nbp))
-        value = np.empty(b)
-        lanes, rows, cols = plan = _plan(b, n, m, numba.get_num_threads())
+        w = _POOL.get((nc, 2, n + 2, m + 2, lanes))
+        value = np.empty((nc, lanes))
         nr, nq = len(rows) - 1, len(cols) - 1
-        hb = [np.empty((nr, m + 1, nbp)) if nr > 1 else _NO_EDGE for _ in range(2)]
-        vb = [np.empty((nq, n + 1, nbp)) if nq > 1 else _NO_EDGE for _ in range(2)]
-        if len(lanes) == 2 and nr == nq == 1:
+        if nc == nr == nq == 1:
             _forward_one(src, ln, lm, -_LOG2E / gamma, full, w, gamma, value)
         else:
-            _forward(src, ln, lm, -_LOG2E / gamma, full, w, gamma, value, *hb, *vb, lanes, rows, cols)
+            hb = [np.empty((nc, nr, m + 1, lanes)) for _ in range(2)]
+            vb = [np.empty((nc, nq, n + 1, lanes)) for _ in range(2)]
+            _forward(src, ln, lm, -_LOG2E / gamma, full, w, gamma, value, *hb, *vb, rows, cols)
         ctx.lease, ctx.ln, ctx.lm, ctx.dtype, ctx.plan = _Lease(w), ln, lm, cost.dtype, plan
-        return torch.from_numpy(value).to(cost.dtype)
+        return torch.from_numpy(value.reshape(-1)[:b]).to(cost.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         w = ctx.lease.array
-        nbp, n, m = w.shape[3], w.shape[1] - 2, w.shape[2] - 2
+        nc, lanes, rows, cols = ctx.plan
+        n, m = w.shape[2] - 2, w.shape[3] - 2
         b = grad_out.shape[0]
-        seed = np.zeros(nbp)
+        seed = np.zeros(nc * lanes)
         seed[:b] = grad_out.detach().to(torch.float64).numpy()
         grad = torch.empty((b, n, m), dtype=torch.float64)  # torch aligns to 64 bytes
-        lanes, rows, cols = ctx.plan
         nr, nq = len(rows) - 1, len(cols) - 1
-        eh = np.empty((nr, m + 2, nbp)) if nr > 1 else _NO_EDGE
-        ev = np.empty((nq, n + 2, nbp)) if nq > 1 else _NO_EDGE
-        if len(lanes) == 2 and nr == nq == 1:
-            _backward_one(w, ctx.ln, ctx.lm, seed, grad.numpy())
+        if nc == nr == nq == 1:
+            _backward_one(w, ctx.ln, ctx.lm, seed.reshape(nc, lanes), grad.numpy())
         else:
-            _backward(w, ctx.ln, ctx.lm, seed, grad.numpy(), eh, ev, lanes, rows, cols)
+            eh = np.empty((nc, nr, m + 2, lanes))
+            ev = np.empty((nc, nq, n + 2, lanes))
+            _backward(w, ctx.ln, ctx.lm, seed.reshape(nc, lanes), grad.numpy(), eh, ev, rows, cols)
         return grad.to(ctx.dtype), None, None, None
 
 

@@ -137,7 +137,8 @@ def _sdtw_bwd_kernel(w_up_ptr, w_left_ptr, len_n_ptr, len_m_ptr, grad_out_ptr, g
 @triton.jit
 def _sdtw_small_fwd_kernel(cost_ptr, len_r_ptr, len_c_ptr, out_ptr, w_up_ptr, w_left_ptr, B, R, C,
                            stride_b, stride_r, stride_c, gamma, inv_gamma,
-                           SAVE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+                           SAVE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+                           FAST_MATH: tl.constexpr):
     """Small DPs (C <= 32 columns): one lane per pair, the whole DP in registers. Row i of R is a [BLOCK_C, BLOCK_B]
     tile (pairs last: each thread holds its pairs' whole row); the row loop runs over i, the columns are unrolled, so
     the column masks are compile-time and a column read / write is a register select, not an indexed access. No
@@ -153,6 +154,8 @@ def _sdtw_small_fwd_kernel(cost_ptr, len_r_ptr, len_c_ptr, out_ptr, w_up_ptr, w_
     row = tl.full([BLOCK_C, BLOCK_B], inf, tl.float32)  # R[i-1, 1..C]; row 0 is +inf but for R[0, 0]
     value = tl.zeros([BLOCK_B], dtype=tl.float32)
     w_at = b64[None, :] * R * C + col
+    scale = inv_gamma * 1.4426950408889634
+    gamma_ln2 = gamma * 0.6931471805599453
     for i in range(1, R + 1):
         diag = tl.where(b_ok & (i == 1), 0.0, inf)  # R[i-1, 0]
         left = tl.full([BLOCK_B], inf, tl.float32)  # R[i, 0]
@@ -166,11 +169,20 @@ def _sdtw_small_fwd_kernel(cost_ptr, len_r_ptr, len_c_ptr, out_ptr, w_up_ptr, w_
             lf = tl.where(valid, left, 0.0)
             d = tl.where(valid, diag, 0.0)
             mn = tl.minimum(tl.minimum(u, lf), d)
-            e_up = tl.exp((mn - u) * inv_gamma)
-            e_left = tl.exp((mn - lf) * inv_gamma)
-            e_diag = tl.exp((mn - d) * inv_gamma)
-            total = e_up + e_left + e_diag
-            r = tl.where(valid, c.to(tl.float32) + mn - gamma * tl.log(total), inf)
+            if FAST_MATH:  # base 2: one ex2 / lg2 instruction each (tl.log is a ~25-instruction libdevice call)
+                e_up = tl.exp2((mn - u) * scale)
+                e_left = tl.exp2((mn - lf) * scale)
+                e_diag = tl.exp2((mn - d) * scale)
+                total = e_up + e_left + e_diag
+                lg = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [total], dtype=tl.float32,
+                                               is_pure=True, pack=1)
+                r = tl.where(valid, c.to(tl.float32) + mn - gamma_ln2 * lg, inf)
+            else:  # the interpreter (no PTX there), rounded like the wavefront kernels
+                e_up = tl.exp((mn - u) * inv_gamma)
+                e_left = tl.exp((mn - lf) * inv_gamma)
+                e_diag = tl.exp((mn - d) * inv_gamma)
+                total = e_up + e_left + e_diag
+                r = tl.where(valid, c.to(tl.float32) + mn - gamma * tl.log(total), inf)
             row = tl.where(col == j, r[None, :], row)
             if SAVE:
                 inv_total = 1.0 / total
@@ -284,7 +296,7 @@ def _small_meta(device: torch.device, c: int) -> dict:
     block_c = triton.next_power_of_2(c)
     if device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         return dict(BLOCK_B=32, BLOCK_C=block_c, num_warps=1)
-    return dict(BLOCK_B=16, BLOCK_C=block_c)
+    return dict(BLOCK_B=16, BLOCK_C=block_c)  # interpreter: no inline PTX
 
 
 def _small_axes(t: torch.Tensor, transpose: bool) -> tuple[int, int, int]:
@@ -306,7 +318,7 @@ def _forward(cost: torch.Tensor, gamma: float, lengths_n: torch.Tensor, lengths_
         meta = _small_meta(cost.device, cols)
         _sdtw_small_fwd_kernel[_grid(b, meta)](cost, len_r, len_c, out, weights[0], weights[1], b, rows, cols,
                                                *_small_axes(cost, transpose), float(gamma), 1.0 / float(gamma),
-                                               SAVE=save, **meta)
+                                               SAVE=save, FAST_MATH="num_warps" in meta, **meta)
         return out, weights if save else None
     weights = torch.empty((2, b, n, m) if save else (2, 1, 1, 1), dtype=torch.float32, device=cost.device)
     rbuf = torch.empty((b, 3, n + 2), dtype=torch.float32, device=cost.device)
