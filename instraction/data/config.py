@@ -194,14 +194,11 @@ class DataConfig:
     shuffle_buffer: int = 0
     """Rows in each training worker's local shuffle buffer (0: none; shard order is always shuffled)."""
     materialize: bool = False
-    """Decode the training split once, before training, into Ray's object store (spilling to disk past its size),
-    and iterate that every epoch. For data that fits (the embedded SynthKitchen: ~25 KB per clip): it removes the
-    per-epoch restart of the read/decode pipeline (seconds per epoch, which on small data is most of the run).
-    Rows are the same either way (negatives are seeded per clip key). Leave it off for streaming HowTo100M."""
+    """Decode the training split once into Ray's object store and iterate that every epoch (data that fits, like
+    SynthKitchen); off streams every epoch (HowTo100M). Rows are the same either way."""
     frames: Optional[str] = None
-    """The frames store written by jobs/extract_frames.py (a local directory or s3://, one Parquet file per shard
-    holding every kept clip's sampled frames). When set, training reads those frames instead of decoding video
-    (~30x less CPU per clip at paper settings: README "Data feed at paper settings"); None decodes the video."""
+    """The frames store of jobs/extract_frames.py (a directory or s3://): training reads its frames instead of
+    decoding video; None decodes (README, "Data feed at paper settings")."""
     frames_quality: int = 95
     """JPEG quality of the frames store (1-100, PIL); 0 stores raw uint8 frames (exact, ~3-6x the bytes)."""
     frames_subsampling: str = "444"

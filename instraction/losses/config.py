@@ -30,9 +30,8 @@ class LossConfig:
     dtw_margin: float = 0.1
     """delta of the order hinge (eq. 6)."""
     gather_with_grad: bool = True
-    """Contrastive and distill across ranks: features are all-gathered and each rank computes its local rows
-    against the global columns (open_clip style). True: gradients flow through the gather (exact global
-    gradient); False: other ranks' features are constants (cheaper, biased gradient)."""
+    """Contrastive and distill across ranks (open_clip's gather): True lets gradients flow through the all-gather
+    (exact global gradient); False treats other ranks' features as constants (cheaper, biased)."""
     mam_mask_prob: float = 1.0
     """Share of action tokens masked in the MAM caption."""
 

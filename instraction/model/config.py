@@ -36,17 +36,14 @@ class VideoTowerConfig:
     grad_checkpointing: bool = False
     """vit: recompute each block in backward (torch.utils.checkpoint) to save activation memory."""
     norm: str = "group"
-    """conv3d normalisation after each conv: group (GroupNorm per frame: per-sample statistics, eval equals train)
-    | batch (BatchNorm3d: batch statistics in training, running ones at eval, per data-parallel rank, not synced).
-    On SynthKitchen a verb probe on the tower learnt the same verb sets in ~2/3 of the steps with batch norm."""
+    """conv3d normalisation after each conv: group (GroupNorm per frame, eval equals train) | batch (BatchNorm3d,
+    statistics per data-parallel rank, running ones at eval)."""
     temporal_blocks: int = -1
-    """conv3d: how many of the first conv blocks mix time (3x3x3 kernels); the rest are per-frame 1x3x3 (about half the
-    cost on CPU). -1: every block. One temporal block already sees frames t-1..t+1 (and their differences), which
-    is where SynthKitchen's verbs show; the Perceiver and the decoder mix time further up."""
+    """conv3d: how many of the first conv blocks mix time (3x3x3 kernels); the rest are per-frame 1x3x3. -1: every
+    block."""
     frame_differences: bool = False
-    """conv3d: also feed x_t - x_(t-1) (0 at t = 0) as 3 extra input channels, an explicit motion signal (as in
-    TSN's RGB-diff / TDN). The tower still has to learn what the motion means; a single frame repeated (the
-    static control) gives all-zero differences, so nothing about the verb leaks into one frame. Ignored by vit."""
+    """conv3d: also feed the frame differences x_t - x_(t-1) (0 at t = 0) as 3 extra input channels (TSN's RGB
+    diff). Ignored by vit."""
 
     @classmethod
     def viclip_b16(cls, num_frames: int = 8) -> "VideoTowerConfig":

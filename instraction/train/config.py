@@ -51,13 +51,11 @@ class TrainConfig:
     max_failures: int = 1
     """Worker-group restarts Ray Train allows (FailureConfig)."""
     storage_path: Optional[str] = None
-    """Ray Train storage, local or s3:// (S3-compatible stores via data.s3.endpoint_url / AWS_ENDPOINT_URL);
-    it must be shared by all nodes of a multi-node cluster. Checkpoints go to
-    <storage_path>/<run directory name>/checkpoint_<step>; by default into the run directory itself."""
+    """Ray Train storage, local or s3://, shared by every node of a multi-node cluster; checkpoints go to
+    <storage_path>/<run directory name>/checkpoint_<step> (default: the run directory itself)."""
     resume: bool = True
-    """Resume from the latest checkpoint of a run with the same storage path and name (false: refuse to start
-    in a run directory that already holds one). A larger max_steps extends a finished run; the cosine schedule
-    then stretches to the new end."""
+    """Resume from the latest checkpoint of the run with this storage path and name (a larger max_steps extends it);
+    false refuses to start where a run already is."""
     fail_at_step: int = -1
     """Test-only: rank 0 raises once at this step (to exercise FailureConfig restarts); -1 never.
     "Once" is remembered by a marker file in the run directory, so the restarted run gets past it."""
