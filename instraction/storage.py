@@ -128,3 +128,20 @@ def read_json_or_none(path: str, s3=None) -> Any:
     except (OSError, ValueError) as err:
         log.warning("cannot read %s: %s", redact(path), redact(err))
         return None
+
+
+def read_parquet_state(fs, path: str, key: bytes) -> Optional[dict]:
+    """The JSON state stored under ``key`` in a Parquet file's footer (the cache state of a per-shard output: the
+    annotation table, the frames store); None when there is no file, no such key, or the file is torn or foreign
+    (logged, redacted): the caller then writes that shard again."""
+    import pyarrow.parquet as pq
+
+    try:
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "rb") as f:
+            meta = pq.read_metadata(f).metadata or {}
+        return json.loads(meta[key]) if key in meta else None
+    except Exception as err:  # torn or foreign: rewrite it
+        log.warning("unreadable Parquet state in %s", redact(f"{path}: {err}"))
+        return None

@@ -91,16 +91,8 @@ def source_fingerprint(uri: str, s3) -> Optional[dict]:
 
 
 def read_state(fs, path: str) -> Optional[dict]:
-    """The curation metadata in an annotation file's footer, None when there is no (readable) file."""
-    try:
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "rb") as f:
-            meta = pq.read_metadata(f).metadata or {}
-        return json.loads(meta[META_KEY]) if META_KEY in meta else None
-    except Exception as err:  # a torn or foreign file: curate the shard again
-        log.warning("unreadable annotation file %s", storage.redact(f"{path}: {err}"))
-        return None
+    """The cache state in this output file's footer; None when there is no readable file."""
+    return storage.read_parquet_state(fs, path, META_KEY)
 
 
 def write_table(fs, path: str, table: pa.Table, state: dict, local: bool) -> None:

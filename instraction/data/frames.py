@@ -113,16 +113,8 @@ def frames_path(root: str, shard_uri: str) -> str:
 
 
 def read_state(fs, path: str) -> Optional[dict]:
-    """The state in a frames file's footer; None when there is no readable file."""
-    try:
-        if not fs.exists(path):
-            return None
-        with fs.open(path, "rb") as f:
-            meta = pq.read_metadata(f).metadata or {}
-        return json.loads(meta[META_KEY]) if META_KEY in meta else None
-    except Exception as err:  # torn or foreign: extract again
-        log.warning("unreadable frames file %s", storage.redact(f"{path}: {err}"))
-        return None
+    """The cache state in this output file's footer; None when there is no readable file."""
+    return storage.read_parquet_state(fs, path, META_KEY)
 
 
 def shard_sources(shard_uri: str, data: DataConfig) -> dict:
