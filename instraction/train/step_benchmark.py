@@ -38,6 +38,9 @@ from instraction.train.step_timing import (
 
 PAPER_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "howto100m_viclip_b.yaml"
 CLIP_VOCAB = 49408
+FEED_RATES = (5.76, 166.0)
+"""Clips per CPU core at paper settings, decoding video and reading the q95 frames store (2-core CPU, README "Data
+feed at paper settings"); the GPU image has no PyAV to measure them where the step runs."""
 """OpenAI CLIP's BPE vocabulary (ViCLIP's text tower): the paper-scale model's embedding rows."""
 
 
@@ -59,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch.profiler over 3 steps of the first configuration: the top ops on the GPU and CPU")
     p.add_argument("--learn", type=int, default=0, help="learning check: steps on one fixed batch (0: skip)")
     p.add_argument("--learn-lr", type=float, default=1e-4)
-    p.add_argument("--decode-clips-per-core", type=float, default=None,
-                   help="decode rate of one CPU core (jobs/benchmark.py data) for the cores-per-GPU line")
+    p.add_argument("--decode-clips-per-core", type=float, nargs=2, default=list(FEED_RATES),
+                   metavar=("DECODE", "STORE"),
+                   help="clips per CPU core of decoding video and of reading the frames store "
+                        "(jobs/benchmark.py data --paper-only) for the cores-per-GPU lines")
     p.add_argument("--budget-s", type=float, default=300.0, help="no new configuration starts after this")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("overrides", nargs="*", help="dotted config overrides, key=value")
@@ -290,11 +295,13 @@ def _run(ns: argparse.Namespace, device: torch.device, progress: Progress, resul
         results["best"] = best
         name = config_name(best["backend"], best["zero"], best["precision"], best["batch"])
         progress(f"best: {name}: {format_row(best)}")
-        if ns.decode_clips_per_core:
-            cores = best["clips_per_s"] / ns.decode_clips_per_core
-            results["cpu_cores_per_gpu"] = cores
-            progress(f"feeding it at {ns.decode_clips_per_core:.1f} decoded clips/s per CPU core needs "
-                     f"{cores:.1f} cores per GPU (train.cpus_per_worker = {cfg.train.cpus_per_worker})")
+        decode, store = ns.decode_clips_per_core
+        results["cpu_cores_per_gpu"] = {"decoding": best["clips_per_s"] / decode,
+                                        "frames_store": best["clips_per_s"] / store}
+        progress(f"feeding {best['clips_per_s']:.0f} clips/s: {best['clips_per_s'] / decode:.1f} CPU cores per GPU "
+                 f"decoding video ({decode:g} clips/s per core), {best['clips_per_s'] / store:.2f} reading the frames "
+                 f"store ({store:g}); the config gives a worker {cfg.train.cpus_per_worker:g} "
+                 f"(train.cpus_per_worker)")
 
     rc = 0 if good and all(r.get("finite", True) for r in good) else 1
     if ns.learn:
