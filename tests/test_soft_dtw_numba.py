@@ -219,3 +219,19 @@ def test_plan_splits_pairs_first_then_tiles():
         for edges, size in ((rows, n), (cols, m)):
             assert edges[0] == 0 and edges[-1] == size and (np.diff(edges) > 0).all()
             assert len(edges) == 2 or np.diff(edges).min() >= _TILE_MIN_SIDE
+
+
+def test_threads_follow_the_process_cpu_budget():
+    """A Ray worker of one CPU runs torch on one thread (OMP_NUM_THREADS=1): soft-DTW must not start more."""
+    import numba
+
+    from instraction.kernels.soft_dtw.cpu import thread_budget
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert thread_budget() == 1
+        torch.set_num_threads(max(2, numba.config.NUMBA_NUM_THREADS))
+        assert thread_budget() == numba.get_num_threads()
+    finally:
+        torch.set_num_threads(before)

@@ -24,9 +24,9 @@ Same recurrence as reference.py (README.md has the maths). Design:
     dL/dvalue_b at (n_b, m_b): three multiply-adds per cell, no transcendental.
   * every input dtype accumulates in float64 (float32 and half inputs too: the kernels are compiled once, and the
     extra precision is free of the float32 floor `eps32 R / g` of reference.py); outputs are cast back.
-  * threads (numba's, default: the core count; `numba.set_num_threads` lowers it): the pairs are split into up to
-    that many lane blocks of equal width, whole 16-lane groups (`_plan`), run by a prange; every per-pair array is
-    block-major ([blocks, ..., lanes]) so a block's loops are the single-threaded ones; when that leaves threads
+  * threads (`thread_budget`: numba's count, default the core count, capped by torch's intra-op threads): the
+    pairs are split into up to that many lane blocks of equal width, whole 16-lane groups (`_plan`), run by a
+    prange; every per-pair array is block-major ([blocks, ..., lanes]) so a block's loops are the single-threaded ones; when that leaves threads
     idle (fewer than 16 pairs per thread) and a pair's DP has >= 64 x 64 cells, each pair's DP is also cut into
     tiles (p blocks along the shorter side, 4p along the longer, >= 32 cells a side) run as a wavefront of tile
     anti-diagonals, one parallel region each; tiles hand their last row / column to their neighbours through small
@@ -393,11 +393,17 @@ def _plan(b: int, n: int, m: int, threads: int) -> tuple[int, int, np.ndarray, n
     return nc, lanes, rows, cols
 
 
+def thread_budget() -> int:
+    """Threads for one call: numba's count, capped by torch's intra-op count, the process's CPU budget (a Ray
+    worker of one CPU gets OMP_NUM_THREADS=1: two such workers on two cores must not each run two threads)."""
+    return max(1, min(numba.get_num_threads(), torch.get_num_threads()))
+
+
 class _SoftDTWNumba(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, gamma, lengths_n, lengths_m):
         b, n, m = cost.shape
-        nc, lanes, rows, cols = plan = _plan(b, n, m, numba.get_num_threads())
+        nc, lanes, rows, cols = plan = _plan(b, n, m, thread_budget())
         full = lengths_n is None  # check_inputs gives both or neither
         if full:
             ln, lm = _full_lengths(b, n, m, nc, lanes)
