@@ -24,15 +24,15 @@ Same recurrence as reference.py (README.md has the maths). Design:
     dL/dvalue_b at (n_b, m_b): three multiply-adds per cell, no transcendental.
   * every input dtype accumulates in float64 (float32 and half inputs too: the kernels are compiled once, and the
     extra precision is free of the float32 floor `eps32 R / g` of reference.py); outputs are cast back.
-  * threads (`thread_budget`: numba's count, default the core count, capped by torch's intra-op threads): the
-    pairs are split into up to that many lane blocks of equal width, whole 16-lane groups (`_plan`), run by a
-    prange; every per-pair array is block-major ([blocks, ..., lanes]) so a block's loops are the single-threaded ones; when that leaves threads
-    idle (fewer than 16 pairs per thread) and a pair's DP has >= 64 x 64 cells, each pair's DP is also cut into
-    tiles (p blocks along the shorter side, 4p along the longer, >= 32 cells a side) run as a wavefront of tile
-    anti-diagonals, one parallel region each; tiles hand their last row / column to their neighbours through small
-    edge buffers. Every
-    cell does the same arithmetic whatever the plan, so results are bit-identical at any thread count. One tile in
-    all (one thread, or few pairs on a small DP) skips the parallel driver, whose launch costs ~40 us.
+  * threads (`thread_budget`: numba's count, default the core count, capped by torch's intra-op threads): the pairs
+    are split into up to that many lane blocks of equal width, whole 16-lane groups (`_plan`), run by a prange; every
+    per-pair array is block-major ([blocks, ..., lanes]) so a block's loops are the single-threaded ones; when that
+    leaves threads idle (fewer than 16 pairs per thread) and a pair's DP has >= 64 x 64 cells, each pair's DP is also
+    cut into tiles (p blocks along the shorter side, 4p along the longer, >= 32 cells a side) run as a wavefront of
+    tile anti-diagonals, one parallel region each; tiles hand their last row / column to their neighbours through
+    small edge buffers. Every cell does the same arithmetic whatever the plan, so results are bit-identical at any
+    thread count. One tile in all (one thread, or few pairs on a small DP) skips the parallel driver, whose launch
+    costs ~40 us.
 """
 
 from __future__ import annotations
