@@ -8,9 +8,11 @@ float64, stability at gamma 0.01 / length 1024, all-paths-tied counts, gradcheck
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
+
 import torch
 
 from instraction import kernels
@@ -222,16 +224,26 @@ def test_plan_splits_pairs_first_then_tiles():
 
 
 def test_threads_follow_the_process_cpu_budget():
-    """A Ray worker of one CPU runs torch on one thread (OMP_NUM_THREADS=1): soft-DTW must not start more."""
-    import numba
+    """A Ray worker of one CPU runs torch on one thread (OMP_NUM_THREADS=1): soft-DTW must not start more threads,
+    nor start numba's threading layer, whose OpenMP pool raised torch's own thread count (it shares the runtime).
+    With a budget of two, the layer starts and torch's count stays. Fresh processes: the layer starts once each."""
+    import subprocess
+    import sys
 
-    from instraction.kernels.soft_dtw.cpu import thread_budget
-
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert thread_budget() == 1
-        torch.set_num_threads(max(2, numba.config.NUMBA_NUM_THREADS))
-        assert thread_budget() == numba.get_num_threads()
-    finally:
-        torch.set_num_threads(before)
+    probe = (
+        "import torch\n"
+        "from instraction import kernels\n"
+        "from instraction.kernels.soft_dtw.cpu import thread_budget\n"
+        "before = torch.get_num_threads()\n"
+        "for shape in ((64, 8, 4), (5, 130, 70)):\n"
+        "    kernels.soft_dtw(torch.rand(*shape, requires_grad=True), 0.1, backend='numba').sum().backward()\n"
+        "import numba.np.ufunc.parallel as layer\n"
+        "print(before, torch.get_num_threads(), thread_budget(), bool(layer._is_initialized))\n"
+    )
+    for threads, started in ((1, False), (2, True)):
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": "2"}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        before, after, budget, layer = out.stdout.split()[-4:]
+        assert (int(before), int(after), int(budget)) == (threads, threads, threads)
+        assert layer == str(started)

@@ -395,8 +395,18 @@ def _plan(b: int, n: int, m: int, threads: int) -> tuple[int, int, np.ndarray, n
 
 def thread_budget() -> int:
     """Threads for one call: numba's count, capped by torch's intra-op count, the process's CPU budget (a Ray
-    worker of one CPU gets OMP_NUM_THREADS=1: two such workers on two cores must not each run two threads)."""
-    return max(1, min(numba.get_num_threads(), torch.get_num_threads()))
+    worker of one CPU gets OMP_NUM_THREADS=1: two such workers on two cores must not each run two threads).
+
+    With a budget of one, numba's threading layer is never started: its OpenMP layer shares torch's OpenMP runtime
+    and setting up its pool raised torch's own thread count to the core count (the embedded default's two workers
+    then ran 3.5x slower per step). When it is started, torch's count is put back."""
+    budget = torch.get_num_threads()
+    if budget <= 1:
+        return 1
+    threads = numba.get_num_threads()
+    if torch.get_num_threads() != budget:
+        torch.set_num_threads(budget)
+    return max(1, min(threads, budget))
 
 
 class _SoftDTWNumba(torch.autograd.Function):
