@@ -13,6 +13,8 @@ is optional; a row without video or caption gets a None embedding there. The mod
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import tempfile
 from typing import Any
@@ -106,7 +108,6 @@ def log_encoder(cfg: Config, run_id: str, weights: str, name: str, example_clip:
 
         ramp = np.linspace(0, 255, 8, dtype=np.uint8)[:, None, None, None]
         example_clip = encode_h264(np.broadcast_to(ramp, (8, 32, 32, 3)).copy(), fps=8)
-    mlflow.set_tracking_uri(tracking.tracking_uri(cfg))
     d = cfg.data
     grey = np.full((d.num_frames, d.size, d.size, 3), 128, np.uint8).tolist()
     example = pd.DataFrame({"clip": [example_clip], "frames": [grey], "text": ["crack the egg into the bowl"]})
@@ -119,10 +120,30 @@ def log_encoder(cfg: Config, run_id: str, weights: str, name: str, example_clip:
         loaded.load_context(type("Context", (), {"artifacts": artifacts})())
         inferred = infer_signature(example, loaded.predict(None, example))
         signature = type(inferred)(_optional(inferred.inputs), inferred.outputs)
-        with mlflow.start_run(run_id=run_id):
+        with tracking_store(tracking.tracking_uri(cfg)), mlflow.start_run(run_id=run_id):
             return mlflow.pyfunc.log_model(
                 name="encoder", python_model=EncoderModel(), artifacts=artifacts, signature=signature,
                 input_example=example, registered_model_name=name,
                 # explicit: inferring them would load the model once more in a subprocess
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
             )
+
+
+@contextlib.contextmanager
+def tracking_store(uri: str):
+    """MLflow's fluent API on ``uri`` inside the block only: mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI, which every later run and subprocess of this process would inherit (a Ray cluster started
+    afterwards sent another run's metrics to this store)."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    old_uri, old_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_uri)
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env

@@ -4,6 +4,8 @@ name, loaded back with mlflow.pyfunc.load_model, it encodes a clip and a caption
     pytest tests/test_encoder_model.py      # CPU, the tiny model, an MLflow SQLite store in tmp_path
 """
 
+import os
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -17,11 +19,12 @@ from instraction.bench.scorers import InstrActionScorer, load_instraction
 from instraction.data.examples import normalise_video
 from instraction.data.tokenizer import build_tokenizer
 from instraction.data.video import decode_frames
-from instraction.encoder_model import log_encoder
+from instraction.encoder_model import log_encoder, tracking_store
 from instraction.model.instraction import build_model
 
 
-def test_pyfunc_encoder_gives_the_checkpoints_embeddings(tmp_path):
+def test_pyfunc_encoder_gives_the_checkpoints_embeddings(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = th.tiny_config(tmp_path)
     tokenizer = build_tokenizer(cfg.data.tokenizer)
     torch.manual_seed(0)
@@ -34,8 +37,11 @@ def test_pyfunc_encoder_gives_the_checkpoints_embeddings(tmp_path):
     run_id = tracking.open_run(cfg, run_dir)
 
     info = log_encoder(cfg, run_id, weights, name="run-a")
+    # the process's tracking URI is not left pointing at this run's store (later runs and subprocesses inherit it)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
 
-    model = mlflow.pyfunc.load_model(info.model_uri)
+    with tracking_store(tracking.tracking_uri(cfg)):
+        model = mlflow.pyfunc.load_model(info.model_uri)
     assert model.metadata.signature is not None
     assert {c.name for c in model.metadata.signature.inputs} == {"clip", "frames", "text"}
     assert model.metadata.saved_input_example_info is not None
