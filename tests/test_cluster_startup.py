@@ -43,6 +43,11 @@ class _FakeRay:
 
     def init(self, **kwargs):
         self.calls.append(kwargs)
+        self.up = True
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+        self.up = False
 
 
 @pytest.fixture
@@ -53,6 +58,7 @@ def fake_ray(monkeypatch):
         fake = _FakeRay(up)
         monkeypatch.setattr(ray, "is_initialized", fake.is_initialized)
         monkeypatch.setattr(ray, "init", fake.init)
+        monkeypatch.setattr(ray, "shutdown", fake.shutdown)
         return fake
 
     return make
@@ -81,6 +87,25 @@ def test_init_ray_sizes_a_local_instance_for_the_run(fake_ray, monkeypatch, tiny
     (call,) = fake.calls
     assert call["address"] == "local" and call["num_cpus"] >= cpus_needed(tiny_config, side_by_side=True)
     assert call["runtime_env"]["env_vars"] == cluster.REPORT_POLL_ENV
+
+
+def test_ray_session_shuts_down_only_the_instance_it_started(fake_ray, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    fake = fake_ray(False)
+    with pytest.raises(RuntimeError), cluster.ray_session(num_cpus=3):
+        assert fake.up and fake.calls[0]["num_cpus"] == 3
+        raise RuntimeError("a failing benchmark still shuts its own Ray down")
+    assert fake.calls[-1] == "shutdown" and not fake.up
+    running = fake_ray(True)
+    with cluster.ray_session(num_cpus=3):
+        pass
+    assert running.calls == [] and running.up
+
+
+def test_library_benchmarks_start_ray_through_the_cluster_module():
+    direct = [str(p.relative_to(ROOT)) for p in (ROOT / "instraction").rglob("*.py")
+              if p.name != "cluster.py" and re.search(r"^\s*ray\.init\(", p.read_text(), re.MULTILINE)]
+    assert direct == []
 
 
 def test_ray_job_submit_uploads_the_whole_package():

@@ -136,15 +136,13 @@ def _bench_hf_ray(model: str, batches: list[list[dict]], new_tokens: int) -> dic
     import ray
     import ray.data
 
+    from instraction.cluster import ray_session
     from instraction.curation.backends.base import Annotator, rows_to_table
     from instraction.curation.backends.hf import HFStage
     from instraction.curation.config import CurationConfig
     from instraction.curation.pipeline import TEXT_SCHEMA
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(num_cpus=2):
         ray.data.DataContext.get_current().enable_progress_bars = False
         n = sum(len(b) for b in batches)
         raw_s = ray.get(ray.remote(num_cpus=1)(_raw_loop).remote(model, batches, new_tokens))
@@ -159,9 +157,6 @@ def _bench_hf_ray(model: str, batches: list[list[dict]], new_tokens: int) -> dic
         return {"ray_raw_generate_captions_per_s": round(n / raw_s, 2),
                 "ray_hf_backend_captions_per_s": round(n / ray_s, 2), "ray_ratio": round(raw_s / ray_s, 3),
                 "ray_note": "wall clock; the backend side includes the actor's start and model load"}
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

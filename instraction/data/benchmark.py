@@ -534,15 +534,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             except ImportError as err:
                 print(f"  {name}: not installed ({err})")
         raw_child_peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        import ray
+        from instraction.cluster import ray_session
 
-        own_ray = not ray.is_initialized()
-        if own_ray:
-            ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-        pipes = {"uint8 rows": run_pipeline(tmp, args, collated=False),
-                 "collated": run_pipeline(tmp, args, collated=True)}
-        if own_ray:
-            ray.shutdown()
+        with ray_session(num_cpus=args.cpus):
+            pipes = {"uint8 rows": run_pipeline(tmp, args, collated=False),
+                     "collated": run_pipeline(tmp, args, collated=True)}
     print(f"\nraw decode of {min(args.raw_clips, len(_CLIPS))} clips by {args.cpus} processes on {args.cpus} cores "
           f"({args.frames} frames -> {args.size}px), best of {args.repeats}:")
     for name, r in raw.items():

@@ -200,16 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         return runs
 
     before = plain_runs("before")
-    import ray
+    from instraction.cluster import ray_session
 
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        ray.init(address="local", num_cpus=len(cores), include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(num_cpus=len(cores)):
         distributed = ray_run(cfg, rows, args.warmup)
-    finally:
-        if own_ray:
-            ray.shutdown()
     print(f"Ray Train + DeepSpeed ZeRO-{args.zero_stage}: {distributed['samples_per_s']:.1f} samples/s")
     after = plain_runs("after")
     share = plain(args.batch_size, 1)
