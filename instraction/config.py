@@ -63,10 +63,25 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
+    def synthkitchen(self):
+        """``data.synthetic`` with its split filled in from the bench's where unset: what SynthKitchen renders (its
+        unseen verb-object pairs go only to videos of the bench split)."""
+        synth, bench = self.data.synthetic, self.bench
+        return dataclasses.replace(
+            synth, holdout_fraction=bench.holdout_fraction if synth.holdout_fraction is None else synth.holdout_fraction,
+            holdout_seed=bench.seed if synth.holdout_seed is None else synth.holdout_seed)
+
     def validate(self) -> "Config":
         """Run every component's ``validate()``; raise :class:`ConfigError` naming the first bad key."""
         for f in dataclasses.fields(self):
             _validate_tree(getattr(self, f.name), f.name)
+        synth = self.synthkitchen()
+        if synth.unseen_pairs > 0 and (synth.holdout_fraction, synth.holdout_seed) != (
+                self.bench.holdout_fraction, self.bench.seed):
+            raise ConfigError(
+                f"data.synthetic.holdout_fraction/holdout_seed ({synth.holdout_fraction}, {synth.holdout_seed}) differ "
+                f"from bench.holdout_fraction/seed ({self.bench.holdout_fraction}, {self.bench.seed}): SynthKitchen's "
+                "unseen verb-object pairs would reach training; leave them unset (they follow the bench)")
         return self
 
 

@@ -135,7 +135,7 @@ def prepare_data(cfg: Config, stages: Stages) -> None:
     with stages("data", f"SynthKitchen -> {cfg.data.shards}"):
         import ray
 
-        paths = make_synthkitchen(cfg.data.shards, cfg.data.synthetic, log=stages.echo,
+        paths = make_synthkitchen(cfg.data.shards, cfg.synthkitchen(), log=stages.echo,
                                   use_ray=ray.is_initialized())
         stages.echo(f"    {len(paths)} shards ready")
 
@@ -226,6 +226,9 @@ def evaluate(cfg: Config, run_dir: str, bench_dir: str, weights: str | None, sta
         storage.write_text(f"{out}/tables.md", report.tables_markdown(methods), cfg.data.s3)
         plots = write_plots(methods, out) if not storage.is_remote(out) else []
         stages.echo(report.compare_table(methods))
+        comp = report.compositional_table(methods)
+        if comp:
+            stages.echo("verb-object pairs seen in training vs unseen:\n" + comp)
     return {"methods": methods, "dir": out, "plots": plots}
 
 
@@ -291,6 +294,8 @@ def _summary(cfg, run_dir, curation, result, evaluation, stages, memory) -> dict
             "static_single_frame": static,
         },
         "temporal_gap": trained.get("temporal_gap", {}),
+        # seen vs unseen verb-object pairs (the static baseline's split is under baselines.static_single_frame)
+        "compositional": trained.get("compositional", {}),
         "data_accounting": {**result.get("data_accounting", {}), "curation": curation.get("table", {})},
         "stage_seconds": stages.seconds,
         "peak_memory_gib": memory.peak_gib,

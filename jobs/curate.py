@@ -39,7 +39,7 @@ def _ensure_synthetic(cfg) -> None:
     if not wants_synthkitchen(cfg):
         return
     print(f"SynthKitchen at {location}: rendering what is missing", flush=True)
-    synthetic.make_synthkitchen(location, cfg.data.synthetic, log=lambda line: print(line, flush=True))
+    synthetic.make_synthkitchen(location, cfg.synthkitchen(), log=lambda line: print(line, flush=True))
 
 
 def format_summary(summary: dict) -> str:

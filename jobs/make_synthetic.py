@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    synth = cfg.data.synthetic
+    synth = cfg.synthkitchen()
     if synth.slots != cfg.data.num_frames:
         print(f"warning: data.synthetic.slots={synth.slots} != data.num_frames={cfg.data.num_frames}: actions are "
               "then not guaranteed 2 sampled frames each", file=sys.stderr)

@@ -95,3 +95,29 @@ def test_build_is_deterministic():
     a = build(_table(), BenchConfig(holdout_fraction=0.5))
     b = build(_table(), BenchConfig(holdout_fraction=0.5))
     pd.testing.assert_frame_equal(a.semantic, b.semantic)
+
+
+def test_questions_list_the_verb_object_pairs_training_never_shows():
+    """A pair that occurs only in held-out videos is unseen; one that some training clip has is seen, whatever its
+    inflection ("whisking") or object pronoun ("whisk it") in the held-out clip."""
+    from instraction.bench.build import action_pairs, split_annotations, training_pairs
+
+    table = _table(n_videos=80)
+    bench = BenchConfig(holdout_fraction=0.5)
+    train, held = split_annotations(table, bench)
+    seen = training_pairs(train)
+    assert action_pairs(["whisking it gently", "pour the milk"], "Egg") == {("whisk", "egg"), ("pour", "egg")}
+    # drop every training clip that shows "crack" with "egg": the pair becomes unseen
+    crack_egg = table["actions"].map(lambda a: any(x.startswith("crack") for x in a)) & (table["primary_object"] == "egg")
+    is_train = table["key"].isin(train["key"])
+    tables = build(table[~(crack_egg & is_train)], bench)
+    comp = tables.manifest["compositional"]
+    assert "crack egg" in comp["unseen_pairs"] and comp["train_pairs"] == len(seen) - 1
+    for task in ("semantic", "logic"):
+        frame = getattr(tables, task)
+        for row in frame.itertuples():
+            expected = sorted(f"{v} {o}" for v, o in action_pairs(row.actions, table.set_index("key").loc[row.key,
+                              "primary_object"]) - (seen - {("crack", "egg")}))
+            assert list(row.unseen_pairs) == expected
+        assert comp[task]["seen"] + comp[task]["unseen"] == len(frame)
+    assert comp["semantic"]["unseen"] > 0 and comp["semantic"]["seen"] > 0

@@ -224,7 +224,8 @@ def test_time_blind_scorer_has_no_gap_time_sensitive_one_does(bench_env):
     blind = evaluate(TimeBlindScorer(), tables, videos, cfg, alignment=False)
     assert blind["temporal_gap"] == {"semantic": 0.0, "logic": 0.0, "dynamics": 0.0}
     for control in ("reversed", "shuffled"):
-        assert blind["controls"][control] == {t: blind[t] for t in ("semantic", "logic", "dynamics")}
+        same = {t: blind[t] for t in ("semantic", "logic", "dynamics", "compositional")}
+        assert json.loads(dumps(blind["controls"][control])) == json.loads(dumps(same))  # NaN (no seen question) as null
 
     sensitive = evaluate(TimeSensitiveScorer(_truths(tables)), tables, videos, cfg, alignment=False)
     assert sensitive["semantic"]["R@1"] == 100.0 and sensitive["logic"]["ACC"] == 100.0
@@ -252,6 +253,35 @@ def test_scores_match_a_direct_computation_and_skips_are_counted(bench_env):
     assert 3 <= max(len(x) for x in tables.logic["candidates"]) <= 4  # padded rows were scored
     assert res["chance"]["semantic"]["R@1"] == pytest.approx(25.0)
     assert res["controls"] == {} and "temporal_gap" not in res
+
+
+def test_questions_on_unseen_pairs_are_scored_apart(bench_env):
+    """The seen / unseen split scores exactly what the questions of each side score alone; the control runs carry
+    it too, and a bench built before the split (no unseen_pairs column) gives no split rather than a wrong one."""
+    import dataclasses
+
+    cfg, tables, videos = bench_env["cfg"], bench_env["tables"], bench_env["videos"]
+    assert all(len(p) > 0 for p in tables.semantic["unseen_pairs"])  # holdout 1.0: no training clip at all
+    marked = dataclasses.replace(tables, semantic=tables.semantic.copy(), logic=tables.logic.copy())
+    for task in ("semantic", "logic"):
+        frame = getattr(marked, task)
+        frame["unseen_pairs"] = [list(p) if i % 2 else [] for i, p in enumerate(frame["unseen_pairs"])]
+    scorer = TimeSensitiveScorer(_truths(tables))
+    res = evaluate(scorer, marked, videos, cfg, controls=("static",), alignment=False)
+    for task, metric in (("semantic", "R@1"), ("logic", "ACC")):
+        frame = getattr(marked, task)
+        unseen = frame["unseen_pairs"].map(len) > 0
+        for side, rows in (("seen", frame[~unseen]), ("unseen", frame[unseen])):
+            alone = evaluate(scorer, dataclasses.replace(marked, **{task: rows}), videos, cfg, controls=(),
+                             alignment=False)
+            assert res["compositional"][task][side] == pytest.approx(alone[task], nan_ok=True)
+            assert res["compositional"][task]["questions"][side] == alone["counts"][task]["scored"]
+    assert res["compositional"]["semantic"]["questions"]["seen"] > 0
+    assert set(res["controls"]["static"]["compositional"]) == {"semantic", "logic"}
+    assert "Sem R@1 unseen" in tables_markdown({"toy": res})
+    old = dataclasses.replace(tables, semantic=tables.semantic.drop(columns="unseen_pairs"),
+                              logic=tables.logic.drop(columns="unseen_pairs"))
+    assert "compositional" not in evaluate(scorer, old, videos, cfg, controls=(), alignment=False)
 
 
 def _norm(frames, cfg):

@@ -91,3 +91,18 @@ def test_every_job_defaults_to_the_embedded_config(job):
                          check=True).stdout
     assert EMBEDDED_DEFAULT.name in out and EMBEDDED_DEFAULT.is_file()
     assert load_config(EMBEDDED_DEFAULT).data.synthetic.num_shards == 32
+
+
+def test_synthkitchen_keeps_its_unseen_pairs_to_the_bench_split():
+    cfg = load_config(None, ["bench.holdout_fraction=0.35", "bench.seed=4"])
+    synth = cfg.synthkitchen()
+    assert (synth.holdout_fraction, synth.holdout_seed) == (0.35, 4) and cfg.data.synthetic.holdout_fraction is None
+    assert from_yaml(to_yaml(cfg)).synthkitchen() == synth
+    with pytest.raises(ConfigError, match="data.synthetic.holdout_fraction.*bench.holdout_fraction"):
+        load_config(None, ["bench.holdout_fraction=0.35", "data.synthetic.holdout_fraction=0.2"])
+    from instraction.bench.config import BenchConfig
+    from instraction.data.split import DEFAULT_HOLDOUT_FRACTION
+
+    assert BenchConfig().holdout_fraction == DEFAULT_HOLDOUT_FRACTION  # a SynthConfig alone follows the default
+    # without unseen pairs there is nothing to keep apart
+    load_config(None, ["data.synthetic.unseen_pairs=0", "data.synthetic.holdout_fraction=0.5"])

@@ -338,3 +338,40 @@ def test_main_job_completes_an_interrupted_render_and_uses_foreign_shards_as_the
     cfg.data.shards = str(foreign)
     prepare_data(cfg, Stages(lambda line: None))
     assert sorted(os.listdir(foreign)) == ["00000.tar"]  # used as it is: nothing rendered beside it
+
+
+def test_unseen_pairs_are_a_spread_fifth_of_all_pairs():
+    cfg = SynthConfig()
+    pairs = synthetic.unseen_pairs(cfg)
+    assert len(pairs) == round(0.2 * len(cfg.verbs) * len(cfg.objects))
+    assert pairs == synthetic.unseen_pairs(SynthConfig()) and pairs != synthetic.unseen_pairs(SynthConfig(seed=3))
+    for obj in cfg.objects:  # every object keeps enough seen verbs for a clip's distinct verbs
+        assert len([v for v in cfg.verbs if (v, obj) not in pairs]) >= cfg.max_actions
+    for verb in cfg.verbs:  # every verb is still seen with most objects
+        assert len([o for o in cfg.objects if (verb, o) not in pairs]) >= len(cfg.objects) - 2
+    assert synthetic.unseen_pairs(SynthConfig(unseen_pairs=0.0)) == frozenset()
+
+
+def test_unseen_pairs_appear_only_in_bench_split_videos(tmp_path):
+    """Built by the real sample builder: no training-split clip shows an unseen pair, and
+    the bench split shows many, in pre-cut clips and whole videos alike."""
+    cfg = SynthConfig(num_shards=4, clips_per_shard=64, whole_video_fraction=0.2, holdout_fraction=0.3, seed=2)
+    pairs = synthetic.unseen_pairs(cfg)
+    seen_in = {"train": Counter(), "bench": Counter()}
+    for shard in range(cfg.num_shards):
+        for index in range(cfg.clips_per_shard):
+            sample, row = synthetic.build_sample(cfg, shard, index)
+            meta = json.loads(sample["json"])
+            split = "bench" if synthetic.in_bench_split(cfg, meta["video_id"]) else "train"
+            truths = [s["synthkitchen"] for s in meta["segments"]] if len(meta["segments"]) > 1 else [meta["synthkitchen"]]
+            for t in truths:
+                for v in t["verbs"]:
+                    seen_in[split][(v, t["object"]) in pairs] += 1
+    assert seen_in["train"][True] == 0 and seen_in["train"][False] > 300
+    assert seen_in["bench"][True] >= 0.1 * sum(seen_in["bench"].values()) > 10
+
+
+def test_marker_lists_the_unseen_pairs(small):
+    out, _ = small
+    marker = synthetic.read_marker(out)
+    assert marker["unseen_pairs"] == sorted(f"{v} {o}" for v, o in synthetic.unseen_pairs(SMALL))

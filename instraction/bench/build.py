@@ -6,7 +6,9 @@
               each pool tagged Ingredients / Processed food / Tools & appliances
 
 The split is by source video (instraction.data.split.is_holdout), so no bench clip shares a key or a source video
-with training; build() checks it and writes the check into the manifest. Output: semantic.parquet, logic.parquet,
+with training; build() checks it and writes the check into the manifest. Compositional split: each Semantic and
+Logic question lists its clip's verb-object pairs that no training clip has (``unseen_pairs``; action_pairs says
+what a pair is), so the evaluation scores questions on seen and on unseen combinations apart. Output: semantic.parquet, logic.parquet,
 dynamics.parquet and manifest.json under the bench directory.
 """
 
@@ -23,10 +25,11 @@ import pandas as pd
 
 from instraction import lexicon
 from instraction.bench.config import BenchConfig
+from instraction.curation.rules import lemma_of
 from instraction.storage import open_filesystem, read_json
 from instraction.data.split import is_holdout
 
-BENCH_VERSION = "1"
+BENCH_VERSION = "2"  # 2: MCQ rows carry unseen_pairs (compositional split)
 CLIP_COLUMNS = ["key", "shard", "video_key", "video_id", "start", "end"]
 
 
@@ -54,7 +57,28 @@ def _distinct(items, exclude: str) -> list[str]:
     return seen
 
 
-def _mcq_rows(rows: pd.DataFrame, negatives_of, n_neg_min: int, n_neg_max: int, rng: random.Random, skipped: Counter, reason: str):
+def action_pairs(actions, primary_object) -> set[tuple[str, str]]:
+    """(verb, object) of each verb phrase of a clip: the phrase's first word as a lemma and the clip's primary
+    object (a phrase often names it by a pronoun: "whisk it")."""
+    obj = str(primary_object or "").strip().lower()
+    pairs = set()
+    for action in actions if actions is not None else []:
+        words = str(action).lower().split()
+        if words and obj:
+            pairs.add((lemma_of(words[0]) or words[0], obj))
+    return pairs
+
+
+def training_pairs(train: pd.DataFrame) -> set[tuple[str, str]]:
+    """Every (verb, object) pair of the training split's kept clips."""
+    seen: set[tuple[str, str]] = set()
+    for actions, obj in zip(train["actions"], train["primary_object"]):
+        seen |= action_pairs(actions, obj)
+    return seen
+
+
+def _mcq_rows(rows: pd.DataFrame, negatives_of, n_neg_min: int, n_neg_max: int, rng: random.Random, skipped: Counter,
+              reason: str, seen: set[tuple[str, str]]):
     out = []
     for row in rows.itertuples(index=False):
         negs = _distinct(negatives_of(row), row.caption)
@@ -67,7 +91,8 @@ def _mcq_rows(rows: pd.DataFrame, negatives_of, n_neg_min: int, n_neg_max: int, 
         rng.shuffle(order)
         shuffled = [candidates[i] for i in order]
         out.append({**{c: getattr(row, c) for c in CLIP_COLUMNS}, "candidates": shuffled, "answer": order.index(0),
-                    "actions": list(row.actions)})
+                    "actions": list(row.actions),
+                    "unseen_pairs": sorted(f"{v} {o}" for v, o in action_pairs(row.actions, row.primary_object) - seen)})
     return out
 
 
@@ -78,16 +103,18 @@ def category_of(obj: str, bench: BenchConfig) -> str:
 def build(table: pd.DataFrame, bench: BenchConfig, source: str = "") -> BenchTables:
     """Build the three tasks from a full annotation table (all shards)."""
     train, held = split_annotations(table, bench)
+    seen = training_pairs(train)
     rng = random.Random(bench.seed)
     skipped: Counter = Counter()
     held = held.sort_values("key")
     n_sem = bench.semantic_candidates - 1
-    semantic = _mcq_rows(held, lambda r: r.verb_altered, n_sem, n_sem, rng, skipped, "semantic_too_few_verb_altered")
+    semantic = _mcq_rows(held, lambda r: r.verb_altered, n_sem, n_sem, rng, skipped, "semantic_too_few_verb_altered",
+                         seen)
 
     logic_pool = held[held["actions"].map(len) >= bench.logic_min_actions]
     skipped["logic_too_few_actions"] += len(held) - len(logic_pool)
     logic = _mcq_rows(logic_pool, lambda r: r.order_swapped, 2, bench.logic_max_negatives, rng, skipped,
-                      "logic_too_few_order_swapped")
+                      "logic_too_few_order_swapped", seen)
     semantic, logic = semantic[: bench.max_per_task], logic[: bench.max_per_task]
 
     objects = held["primary_object"].fillna("").astype(str)
@@ -123,6 +150,12 @@ def build(table: pd.DataFrame, bench: BenchConfig, source: str = "") -> BenchTab
         "skipped": dict(skipped),
         "train_overlap": overlap,
         "pools": {obj: {"clips": int(n), "category": category_of(obj, bench)} for obj, n in counts.items()},
+        "compositional": {
+            "train_pairs": len(seen),
+            "unseen_pairs": sorted({p for r in semantic + logic for p in r["unseen_pairs"]}),
+            **{task: {"seen": sum(not r["unseen_pairs"] for r in rows), "unseen": sum(bool(r["unseen_pairs"]) for r in rows)}
+               for task, rows in (("semantic", semantic), ("logic", logic))},
+        },
     }
     return BenchTables(pd.DataFrame(semantic), pd.DataFrame(logic), dynamics, manifest)
 

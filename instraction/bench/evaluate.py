@@ -223,24 +223,37 @@ def embed_texts(scorer, texts: Iterable[str], batch_size: int) -> dict[str, np.n
     return out
 
 
-def _mcq(frame, video_emb: dict, text_emb: dict) -> tuple[np.ndarray, np.ndarray, int]:
-    """(scores [Q,Cmax] padded with -inf, answers [Q], questions skipped for a missing video)."""
-    rows, answers, skipped = [], [], 0
+def _mcq(frame, video_emb: dict, text_emb: dict) -> tuple[np.ndarray, np.ndarray, int, np.ndarray]:
+    """(scores [Q,Cmax] padded with -inf, answers [Q], questions skipped for a missing video, the scored questions'
+    row positions in ``frame`` [Q])."""
+    rows, answers, skipped, positions = [], [], 0, []
     if len(frame) == 0:
-        return np.zeros((0, 1)), np.zeros(0, dtype=np.int64), 0
-    for key, cands, answer in zip(frame["key"], frame["candidates"], frame["answer"]):
+        return np.zeros((0, 1)), np.zeros(0, dtype=np.int64), 0, np.zeros(0, dtype=np.int64)
+    for i, (key, cands, answer) in enumerate(zip(frame["key"], frame["candidates"], frame["answer"])):
         v = video_emb.get(str(key))
         if v is None:
             skipped += 1
             continue
         rows.append(np.stack([text_emb[str(c)] for c in cands]) @ v)
         answers.append(int(answer))
+        positions.append(i)
     width = max((len(r) for r in rows), default=1)
     # Logic has 3-4 candidates: -inf padding never ties with a finite answer (ties count against the model).
     scores = np.full((len(rows), width), -np.inf)
     for i, r in enumerate(rows):
         scores[i, : len(r)] = r
-    return scores, np.asarray(answers, dtype=np.int64), skipped
+    return scores, np.asarray(answers, dtype=np.int64), skipped, np.asarray(positions, dtype=np.int64)
+
+
+def compositional_metrics(frame, scores: np.ndarray, answers: np.ndarray, positions: np.ndarray) -> dict | None:
+    """{"seen": metrics, "unseen": metrics, "questions": {...}}: the scored questions split by whether their clip
+    has a verb-object pair no training clip has (the bench's ``unseen_pairs``); None for a bench built without it."""
+    if "unseen_pairs" not in getattr(frame, "columns", ()):
+        return None
+    unseen = np.asarray([len(p) > 0 for p in frame["unseen_pairs"]], dtype=bool)[positions]
+    return {"seen": mcq_metrics(scores[~unseen], answers[~unseen]),
+            "unseen": mcq_metrics(scores[unseen], answers[unseen]),
+            "questions": {"seen": int((~unseen).sum()), "unseen": int(unseen.sum())}}
 
 
 def _pools(frame, video_emb: dict, text_emb: dict) -> tuple[list[dict], Counter]:
@@ -337,8 +350,11 @@ def _score(tables: BenchTables, video_emb: dict, text_emb: dict) -> tuple[dict, 
     metrics: dict[str, Any] = {}
     counts: dict[str, Any] = {}
     for task in ("semantic", "logic"):
-        scores, answers, skipped = _mcq(getattr(tables, task), video_emb, text_emb)
+        scores, answers, skipped, positions = _mcq(getattr(tables, task), video_emb, text_emb)
         metrics[task] = mcq_metrics(scores, answers)
+        split = compositional_metrics(getattr(tables, task), scores, answers, positions)
+        if split is not None:
+            metrics.setdefault("compositional", {})[task] = split
         counts[task] = {"questions": int(len(getattr(tables, task))), "scored": int(len(answers)),
                         "skipped_missing_video": skipped, "candidates": np.isfinite(scores).sum(axis=1)}
     pools, skipped = _pools(tables.dynamics, video_emb, text_emb)
@@ -355,7 +371,8 @@ def evaluate(scorer, tables: BenchTables, videos, cfg, controls: Optional[Sequen
 
     videos: a mapping key -> uint8 [T,H,W,3] (:func:`load_bench_videos`) or a :class:`BenchVideos` stream; clips
     it lacks are skipped with their questions and counted (``failures`` of the stream or mapping give reasons).
-    Returns ``semantic`` / ``logic`` (mcq_metrics), ``dynamics`` (pooled_retrieval_metrics), ``controls``
+    Returns ``semantic`` / ``logic`` (mcq_metrics), ``dynamics`` (pooled_retrieval_metrics), ``compositional``
+    {task: seen / unseen verb-object pairs, :func:`compositional_metrics`} (also under each control), ``controls``
     {control: {task: metrics}}, ``temporal_gap`` {task: normal - shuffled headline metric}, ``dynamics_by_category``,
     ``pool_curve`` (Fig. 6), ``chance`` (a random scorer's expected metrics), ``alignment`` (Fig. 7-8, when the
     scorer has ``frame_embeddings``), ``counts`` and ``controls_seed``.

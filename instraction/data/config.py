@@ -59,6 +59,13 @@ class SynthConfig:
     action is cut off by the tokenizer."""
     crf: int = 12
     """x264 constant rate factor (lower = better quality; 32 px motion needs a low value)."""
+    unseen_pairs: float = 0.2
+    """Share of the verb-object pairs drawn only in videos of the bench split (compositional generalisation: every
+    verb and every object keeps pairs seen in training); 0: every pair everywhere."""
+    holdout_fraction: Optional[float] = None
+    holdout_seed: Optional[int] = None
+    """The bench split those pairs are kept to (instraction.data.split.is_holdout); None: bench.holdout_fraction /
+    bench.seed (``Config.synthkitchen()``; a different value is an error)."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.seed", self.seed, 0, None)
@@ -75,6 +82,9 @@ class SynthConfig:
         check_range(f"{path}.clips_per_video", self.clips_per_video, 1, None)
         check_range(f"{path}.max_segments", self.max_segments, 2, 64)
         check_range(f"{path}.crf", self.crf, 0, 51)
+        check_range(f"{path}.unseen_pairs", self.unseen_pairs, 0.0, 0.5)
+        if self.holdout_fraction is not None:
+            check_range(f"{path}.holdout_fraction", self.holdout_fraction, 0.0, 1.0)
         if self.size % 2:
             raise ConfigError(f"{path}.size={self.size} must be even (H.264 yuv420p)")
         lo, hi = self.min_action_slots, self.max_action_slots

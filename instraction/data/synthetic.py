@@ -23,6 +23,11 @@ complete shards whose stats carry the same config hash (config + generator sourc
 marks a finished dataset.
 A whole video (``whole_video_fraction`` of samples) holds 2..max_segments clips with idle gaps; each segment
 carries its own ``synthkitchen`` truth and its window [start, end) in the longer mp4.
+
+Compositional split: ``unseen_pairs`` (a fixed ~20% of the verb-object pairs; every verb and object keeps seen
+pairs) are drawn only in videos that ``instraction.data.split.is_holdout`` puts in the bench split, so training
+never shows them and the bench scores clips with an unseen pair apart (instraction/bench/build.py finds the pairs
+from the training annotations, as it would on real data). The marker lists the pairs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import time
@@ -42,9 +48,10 @@ import numpy as np
 
 from instraction.data import captions, render
 from instraction.data.config import SynthConfig
+from instraction.data.split import DEFAULT_HOLDOUT_FRACTION, is_holdout
 from instraction.storage import is_remote
 
-GENERATOR_VERSION = "synthkitchen-1"  # with the source fingerprint, the cache key of a generated dataset
+GENERATOR_VERSION = "synthkitchen-2"  # with the source fingerprint, the cache key of a generated dataset
 MARKER = "_synthkitchen.json"
 _OURS = re.compile(r"^\d{5}(\.tar|\.parquet|_stats\.json)(\.partial)?$")
 
@@ -59,10 +66,17 @@ def _code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def _split_filled(cfg: SynthConfig) -> SynthConfig:
+    """``cfg`` with an unset split as :func:`in_bench_split` reads it (the same dataset either way)."""
+    return dataclasses.replace(
+        cfg, holdout_fraction=DEFAULT_HOLDOUT_FRACTION if cfg.holdout_fraction is None else cfg.holdout_fraction,
+        holdout_seed=cfg.holdout_seed or 0)
+
+
 def config_hash(cfg: SynthConfig) -> str:
     """Cache key of a dataset: the config, GENERATOR_VERSION and the generator's source fingerprint."""
-    blob = json.dumps({"version": GENERATOR_VERSION, "code": _code_fingerprint(), **dataclasses.asdict(cfg)},
-                      sort_keys=True)
+    blob = json.dumps({"version": GENERATOR_VERSION, "code": _code_fingerprint(),
+                       **dataclasses.asdict(_split_filled(cfg))}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -79,8 +93,42 @@ def _rng(cfg: SynthConfig, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([cfg.seed, stream, index])
 
 
-def _clip(cfg: SynthConfig, rng: np.random.Generator) -> dict:
-    """One clip: frames' poses, object, caption and truth (spans in frames from the clip start)."""
+@lru_cache(maxsize=8)
+def _unseen_pairs(verbs: tuple[str, ...], objects: tuple[str, ...], share: float, max_actions: int, seed: int
+                  ) -> frozenset[tuple[str, str]]:
+    n = round(share * len(verbs) * len(objects))
+    # spread evenly: each verb keeps >= 1 seen object, each object >= max_actions seen verbs (a clip's verbs differ)
+    per_verb = min(math.ceil(n / len(verbs)), len(objects) - 1)
+    per_object = min(math.ceil(n / len(objects)), len(verbs) - max_actions)
+    chosen: set[tuple[str, str]] = set()
+    by_verb: Counter = Counter()
+    by_object: Counter = Counter()
+    for i in np.random.default_rng([seed, 4]).permutation(len(verbs) * len(objects)):
+        verb, obj = verbs[i // len(objects)], objects[i % len(objects)]
+        if len(chosen) < n and by_verb[verb] < per_verb and by_object[obj] < per_object:
+            chosen.add((verb, obj))
+            by_verb[verb] += 1
+            by_object[obj] += 1
+    return frozenset(chosen)
+
+
+def unseen_pairs(cfg: SynthConfig) -> frozenset[tuple[str, str]]:
+    """The (verb, object) pairs drawn only in videos of the bench split: ``cfg.unseen_pairs`` of all pairs, a fixed
+    function of ``cfg.seed``, spread so that every verb and every object keeps pairs seen in training."""
+    if cfg.unseen_pairs <= 0:
+        return frozenset()
+    return _unseen_pairs(tuple(cfg.verbs), tuple(cfg.objects), cfg.unseen_pairs, cfg.max_actions, cfg.seed)
+
+
+def in_bench_split(cfg: SynthConfig, video_id: str) -> bool:
+    """Whether ``video_id`` falls in the bench split that ``cfg``'s unseen pairs are kept to."""
+    cfg = _split_filled(cfg)
+    return is_holdout(video_id, cfg.holdout_fraction, cfg.holdout_seed)
+
+
+def _clip(cfg: SynthConfig, rng: np.random.Generator, banned: frozenset = frozenset()) -> dict:
+    """One clip: frames' poses, object, caption and truth (spans in frames from the clip start). Its verbs never
+    form a ``banned`` pair with its object."""
     obj = cfg.objects[int(rng.integers(len(cfg.objects)))]
     r = cfg.frames_per_slot
     if rng.random() < cfg.chatter_fraction:
@@ -90,7 +138,8 @@ def _clip(cfg: SynthConfig, rng: np.random.Generator) -> dict:
     k = int(rng.integers(cfg.min_actions, cfg.max_actions + 1))
     layouts = slot_layouts(cfg.slots, k, cfg.min_action_slots, cfg.max_action_slots)
     layout = layouts[int(rng.integers(len(layouts)))]
-    verbs = [cfg.verbs[i] for i in rng.choice(len(cfg.verbs), size=k, replace=False)]
+    allowed = [v for v in cfg.verbs if (v, obj) not in banned]
+    verbs = [allowed[i] for i in rng.choice(len(allowed), size=k, replace=False)]
     poses = [render.action_poses(v, s, r, cfg.size, rng, cfg.nuisance) for v, s in zip(verbs, layout)]
     ends = np.cumsum(layout) * r
     spans = [(int(e - s * r), int(e)) for s, e in zip(layout, ends)]
@@ -122,11 +171,12 @@ def build_sample(cfg: SynthConfig, shard: int, index: int) -> tuple[dict, dict]:
     video_rng = _rng(cfg, 3, n) if whole else _rng(cfg, 2, n // cfg.clips_per_video)
     video_id = f"sk{cfg.seed}-{'w' if whole else 'v'}{n if whole else n // cfg.clips_per_video:06d}"
     bg = render.background(cfg.size, video_rng)
+    banned = frozenset() if in_bench_split(cfg, video_id) else unseen_pairs(cfg)
     tic = time.perf_counter()
     if whole:
-        frames, meta_segments, truth = _whole_video(cfg, rng, bg)
+        frames, meta_segments, truth = _whole_video(cfg, rng, bg, banned)
     else:
-        clip = _clip(cfg, rng)
+        clip = _clip(cfg, rng, banned)
         frames = render.render(clip["object"], clip["pose"], bg)
         truth = _truth(clip, 0, cfg.fps)
         meta_segments = [{"start": 0.0, "end": _sec(len(frames), cfg.fps), "text": clip["caption"]}]
@@ -155,7 +205,8 @@ def build_sample(cfg: SynthConfig, shard: int, index: int) -> tuple[dict, dict]:
     return sample, row
 
 
-def _whole_video(cfg: SynthConfig, rng: np.random.Generator, bg: np.ndarray) -> tuple[np.ndarray, list, dict]:
+def _whole_video(cfg: SynthConfig, rng: np.random.Generator, bg: np.ndarray, banned: frozenset
+                 ) -> tuple[np.ndarray, list, dict]:
     """A longer video: idle gaps of 0..2 slots around 2..max_segments clips, one ASR segment per clip."""
     r, segments, frames_parts, cursor = cfg.frames_per_slot, [], [], 0
 
@@ -168,7 +219,7 @@ def _whole_video(cfg: SynthConfig, rng: np.random.Generator, bg: np.ndarray) -> 
 
     for _ in range(int(rng.integers(2, cfg.max_segments + 1))):
         cursor += idle_gap()
-        clip = _clip(cfg, rng)
+        clip = _clip(cfg, rng, banned)
         frames_parts.append(render.render(clip["object"], clip["pose"], bg))
         n = len(frames_parts[-1])
         segments.append({"start": _sec(cursor, cfg.fps), "end": _sec(cursor + n, cfg.fps), "text": clip["caption"],
@@ -308,7 +359,8 @@ def make_synthkitchen(out_dir: str | os.PathLike, cfg: SynthConfig, force: bool 
         for field in ("count", "clips", "instructional_clips", "chatter_clips", "whole_videos", "tar_bytes",
                       "render_s", "encode_s"):
             totals[field] += stats[field]
-    record = {"generator": GENERATOR_VERSION, "config_hash": digest, "config": dataclasses.asdict(cfg),
+    record = {"generator": GENERATOR_VERSION, "config_hash": digest, "config": dataclasses.asdict(_split_filled(cfg)),
+              "unseen_pairs": sorted(f"{v} {o}" for v, o in unseen_pairs(cfg)),
               "shards": [os.path.basename(p) for p in paths],
               "totals": {k: round(v, 3) if isinstance(v, float) else v for k, v in totals.items()},
               "wall_s": round(time.perf_counter() - tic, 3)}
