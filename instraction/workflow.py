@@ -186,6 +186,10 @@ def train(cfg: Config, run_dir: str, stages: Stages) -> dict:
                          f"{cfg.train.max_steps} steps"):
         pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)  # for shards without annotations
         result = run_training(cfg, run_dir, {"train": pipe.dataset})
+        phases = {k[len("phase_"):-len("_ms")]: v for k, v in result.get("metrics", {}).items()
+                  if k.startswith("phase_") and isinstance(v, (int, float))}
+        if phases:
+            stages.echo("    rank 0, ms per step: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         try:
             result["data_accounting"]["pipeline"] = pipe.report()
             stages.echo("    " + format_report(result["data_accounting"]["pipeline"]).replace("\n", "\n    "))

@@ -478,3 +478,18 @@ def test_gpu_workers_run_without_cublaslt_addmm_unless_told(monkeypatch, tmp_pat
     assert worker_environment(gpu) == {"DS_ACCELERATOR": "cuda", "DISABLE_ADDMM_CUDA_LT": "1"}
     monkeypatch.setenv("DISABLE_ADDMM_CUDA_LT", "0")  # the driver's choice reaches the workers
     assert worker_environment(gpu)["DISABLE_ADDMM_CUDA_LT"] == "0"
+
+
+def test_phase_times_are_per_step_means_and_per_call_for_checkpoints():
+    from instraction.train.loop import PhaseTimes
+
+    phases = PhaseTimes()
+    for _ in range(4):
+        phases.add("forward", 0.010)
+        with phases("backward"):
+            pass
+        phases.steps += 1
+    phases.add("checkpoint", 0.5)
+    means = phases.means_ms()
+    assert means["phase_forward_ms"] == pytest.approx(10.0) and means["phase_checkpoint_ms"] == pytest.approx(500.0)
+    assert 0 <= means["phase_backward_ms"] < 5

@@ -14,6 +14,7 @@ per-rank randomness (dropout, masking, shuffle) uses ``run.seed + rank``; a resu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -84,6 +85,7 @@ class Trainer:
         ckpt.seed_everything(cfg.run.seed + self.rank)  # per-rank streams: dropout, masking, shuffling
 
         self.state, self.weights_at = ckpt.TrainState(), -1
+        self.phases = PhaseTimes()
         restored = ray.train.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as directory:
@@ -114,6 +116,7 @@ class Trainer:
         metrics: dict[str, float] = {}
         while self.state.step < t.max_steps:
             batch, wait_s = next(batches)
+            self.phases.add("data_wait", wait_s)
             metrics = self.step(to_device(batch, self.device, self.float_dtype))
             self.state.step += 1
             self.state.epoch, self.state.batch_in_epoch = self.stream.epoch, self.stream.batch_in_epoch
@@ -124,13 +127,18 @@ class Trainer:
                            clips_per_s=t.batch_size / elapsed, **self._counters(), **self._memory())
             self._maybe_fail()
             if self.metric_logger and self.state.step % t.log_every == 0:
-                self.metric_logger.log(self.state.step, metrics)
+                with self.phases("log"):
+                    self.metric_logger.log(self.state.step, metrics)
+            self.phases.add("step", time.perf_counter() - now + elapsed)
+            self.phases.steps += 1
             final = self.state.step == t.max_steps
             if final or self.state.step % t.checkpoint_every == 0:
-                self._report(metrics, save=True, export=final and t.export_weights)
+                with self.phases("checkpoint"):
+                    self._report(metrics, save=True, export=final and t.export_weights)
                 tick = time.perf_counter()  # checkpoint time is not step time
             elif self.state.step % t.report_every == 0:
-                self._report(metrics, save=False)
+                with self.phases("report"):
+                    self._report(metrics, save=False)
                 tick = time.perf_counter()
         if t.export_weights and self.weights_at != self.state.step:  # nothing ran (resumed at the end, max_steps 0)
             self._report(metrics, save=True, export=True, suffix="_final")
@@ -140,8 +148,10 @@ class Trainer:
     def step(self, batch: dict) -> dict[str, float]:
         """One training step; returns rank-averaged ``loss`` and ``*_loss``, rank 0's diagnostics, lr, grad_norm."""
         lr = self.optimizer.param_groups[0]["lr"]
-        out = self.engine(batch)
-        values, grad_norm, applied = optimizer_step(self.engine, out, self.world, self.plain, self.cfg.train.grad_clip)
+        with self.phases("forward"):
+            out = self.engine(batch)
+        values, grad_norm, applied = optimizer_step(self.engine, out, self.world, self.plain, self.cfg.train.grad_clip,
+                                                    self.phases)
         self.scheduler.step()
         if applied:
             self.state.consecutive_nonfinite = 0
@@ -171,7 +181,7 @@ class Trainer:
         """``ray.train.report`` on every rank (a barrier); with ``save`` every rank first writes its state."""
         import ray.train
 
-        payload = {**metrics, **self._counters(), "step": self.state.step,
+        payload = {**metrics, **self._counters(), **self.phases.means_ms(), "step": self.state.step,
                    "samples_seen": sum_over_ranks(self.state.samples_seen, self.device),
                    "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s}
         if not save:
@@ -214,31 +224,66 @@ def sum_over_ranks(count: int, device: torch.device) -> int:
     return int(total.item())
 
 
-def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float
+class PhaseTimes:
+    """Wall seconds per phase of the training step, summed over steps (a CPU step is synchronous, so the phases
+    add up; on a GPU, kernels still running are charged to the phase that waits for them). ``means_ms()`` gives
+    ``phase_<name>_ms`` per step for the reports: data_wait, forward, loss_sync (the loss all-reduce), backward
+    (with DeepSpeed's gradient reduction), optimizer (clipping and the step), log (MLflow), step (all of it);
+    checkpoint and report per step that did one."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.steps = 0
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def means_ms(self) -> dict[str, float]:
+        per_call = {"checkpoint", "report"}  # not every step does one
+        return {f"phase_{k}_ms": 1e3 * v / max(1, self.counts[k] if k in per_call else self.steps)
+                for k, v in self.seconds.items()}
+
+
+def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float, phases: PhaseTimes | None = None
                    ) -> tuple[dict[str, float], float, bool]:
     """Backward and optimizer step of one training step, given the model's output dict ``out``.
 
     Returns (rank-averaged ``loss`` and ``*_loss`` values, gradient norm, whether the step was applied). A step
     whose loss is not finite on any rank is skipped on every rank (the all-reduce gives all the same values).
-    Shared by :class:`Trainer` and the single-GPU step benchmark (``instraction.train.step_benchmark``).
+    ``phases`` collects the time of loss_sync, backward and optimizer. Shared by :class:`Trainer` and the
+    single-GPU step benchmark (``instraction.train.step_benchmark``).
     """
+    phases = phases or PhaseTimes()
     names = sorted(k for k in out if k == "loss" or k.endswith("_loss"))  # fixed by the model contract
-    losses = torch.stack([out[k].detach().float().reshape(()) for k in names])
-    dist.all_reduce(losses)  # a NaN on any rank reaches every rank: all take the same branch below
-    values = dict(zip(names, (losses / world).tolist()))
+    with phases("loss_sync"):
+        losses = torch.stack([out[k].detach().float().reshape(()) for k in names])
+        dist.all_reduce(losses)  # a NaN on any rank reaches every rank: all take the same branch below
+        values = dict(zip(names, (losses / world).tolist()))
     grad_norm, applied = float("nan"), False
     if all(math.isfinite(v) for v in values.values()):
-        engine.backward(out["loss"])
-        if plain:  # fp32 ZeRO-0: the gradients are all-reduced; clip and check them here
-            grad_norm = clip_plain_gradients(engine, grad_clip)
-            if math.isfinite(grad_norm):
-                engine.step()
-                applied = True
+        with phases("backward"):
+            engine.backward(out["loss"])
+        with phases("optimizer"):
+            if plain:  # fp32 ZeRO-0: the gradients are all-reduced; clip and check them here
+                grad_norm = clip_plain_gradients(engine, grad_clip)
+                if math.isfinite(grad_norm):
+                    engine.step()
+                    applied = True
+                else:
+                    engine.zero_grad()
             else:
-                engine.zero_grad()
-        else:
-            engine.step()
-            applied = engine.was_step_applied()
-            norm = engine.get_global_grad_norm()
-            grad_norm = float(norm) if norm is not None else float("nan")
+                engine.step()
+                applied = engine.was_step_applied()
+                norm = engine.get_global_grad_norm()
+                grad_norm = float(norm) if norm is not None else float("nan")
     return values, grad_norm, applied
