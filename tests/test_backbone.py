@@ -481,3 +481,28 @@ def test_load_pretrained_without_path_and_bad_paths(tmp_path):
     (tmp_path / "weights.npz").write_bytes(b"x")
     with pytest.raises(CheckpointError, match="cannot tell the format"):
         load_pretrained(PretrainedConfig(path=str(tmp_path / "weights.npz")), video, text)
+
+
+def test_conv3d_tower_runs_channels_last_with_the_same_outputs_and_gradients():
+    """The stem runs on channels-last input (faster oneDNN convolutions): tokens, pooled output and every gradient
+    match the same tower run on the default layout."""
+    torch.manual_seed(0)
+    tower = build_video_tower(VideoTowerConfig(norm="batch", frame_differences=True))
+    video = _video(3, 8, 32)
+    with torch.no_grad():
+        tokens, pooled = tower(video)
+    r_tokens, r_pooled = torch.randn_like(tokens), torch.randn_like(pooled)  # fixed projections: real gradients
+
+    def run():
+        tower.zero_grad()
+        tokens, pooled = tower(video)
+        ((tokens * r_tokens).sum() + (pooled * r_pooled).sum()).backward()
+        return tokens.detach(), pooled.detach(), [p.grad.clone() for p in tower.parameters()]
+
+    fast = run()
+    stem_forward = tower.stem.forward
+    tower.stem.forward = lambda x: stem_forward(x.contiguous())  # the layout the tower had before
+    plain = run()
+    tower.stem.forward = stem_forward
+    for a, b in zip(fast[:2] + tuple(fast[2]), plain[:2] + tuple(plain[2])):
+        assert (a - b).norm() <= 1e-4 * b.norm()  # summation order differs: fp32 rounding only

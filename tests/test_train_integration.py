@@ -88,6 +88,7 @@ def test_zero2_run_trains_and_is_tracked_in_mlflow(uninterrupted):
     assert {"data_wait", "forward", "loss_sync", "backward", "optimizer", "log", "step", "checkpoint"} <= set(phases)
     inside = sum(phases[k] for k in ("data_wait", "forward", "loss_sync", "backward", "optimizer", "log"))
     assert 0 < inside <= phases["step"] * 1.01 and phases["checkpoint"] > 0  # the parts fit in the whole
+    assert result["metrics"]["torch_threads"] == max(1, int(cfg.train.cpus_per_worker))  # not every core
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model.safetensors"} <= artifacts
     weights = load_file(result["weights"])

@@ -493,3 +493,9 @@ def test_phase_times_are_per_step_means_and_per_call_for_checkpoints():
     means = phases.means_ms()
     assert means["phase_forward_ms"] == pytest.approx(10.0) and means["phase_checkpoint_ms"] == pytest.approx(500.0)
     assert 0 <= means["phase_backward_ms"] < 5
+
+
+def test_cpu_workers_run_as_many_torch_threads_as_cpus_they_reserved():
+    from instraction.train.loop import worker_threads
+
+    assert [worker_threads(c) for c in (0.5, 1.0, 1.5, 8.0)] == [1, 1, 1, 8]

@@ -240,7 +240,9 @@ class Conv3dVideoTower(nn.Module):
         x = video.transpose(1, 2)  # [B,3,T,H,W]
         if self.frame_differences:  # motion channels x_t - x_(t-1), zero for the first frame
             x = torch.cat([x, torch.cat([torch.zeros_like(x[:, :, :1]), x.diff(dim=2)], dim=2)], dim=1)
-        x = self.stem(x)  # [B,C,T,g,g]
+        # channels-last: oneDNN's 3D convolutions run faster on it (the tower's forward+backward ~0.88x on a CPU
+        # core), and [B,C,T,g,g] in that layout is [B,T,g,g,C] in memory, so the token view below needs no copy
+        x = self.stem(x.contiguous(memory_format=torch.channels_last_3d))  # [B,C,T,g,g]
         x = x.flatten(3).permute(0, 2, 3, 1)  # [B,T,P,C]
         x = x + _temporal_embedding(self.temporal_positional_embedding, t).unsqueeze(2)
         x = x + self.mlp(self.ln_mlp(x))

@@ -71,6 +71,7 @@ class Trainer:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+        torch.set_num_threads(worker_threads(cfg.train.cpus_per_worker))
 
         from instraction.data.tokenizer import build_tokenizer
 
@@ -181,7 +182,8 @@ class Trainer:
         """``ray.train.report`` on every rank (a barrier); with ``save`` every rank first writes its state."""
         import ray.train
 
-        payload = {**metrics, **self._counters(), **self.phases.means_ms(), "step": self.state.step,
+        payload = {**metrics, **self._counters(), **self.phases.means_ms(), "torch_threads": torch.get_num_threads(),
+                   "step": self.state.step,
                    "samples_seen": sum_over_ranks(self.state.samples_seen, self.device),
                    "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s}
         if not save:
@@ -210,6 +212,12 @@ class Trainer:
         with fs.open(path, "w") as f:
             f.write(str(os.getpid()))
         raise RuntimeError(f"train.fail_at_step={self.state.step}: injected worker failure")
+
+
+def worker_threads(cpus_per_worker: float) -> int:
+    """torch intra-op threads of a training worker: the CPUs it reserved (at least one). Set explicitly: torch's
+    own default is every core the process sees, so workers sharing a machine would each run that many threads."""
+    return max(1, int(cpus_per_worker))
 
 
 def batch_rows(batch: dict) -> int:
