@@ -36,6 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     sem, logic = summary["bench"].get("semantic", {}), summary["bench"].get("logic", {})
     print(f"steps {summary['steps']}; Semantic R@1 {sem.get('R@1', float('nan')):.1f}; "
           f"Logic ACC {logic.get('ACC', float('nan')):.1f}")
+    comp = summary.get("compositional", {})
+    if comp:
+        get = lambda task, side, m: comp.get(task, {}).get(side, {}).get(m, float("nan"))  # noqa: E731
+        print(f"verb-object pairs seen / unseen in training: Semantic R@1 {get('semantic', 'seen', 'R@1'):.1f} / "
+              f"{get('semantic', 'unseen', 'R@1'):.1f}; Logic ACC {get('logic', 'seen', 'ACC'):.1f} / "
+              f"{get('logic', 'unseen', 'ACC'):.1f}")
+    phases = {k[len("phase_"):-len("_ms")]: v for k, v in summary.get("final_metrics", {}).items()
+              if k.startswith("phase_")}
+    if phases:
+        print("training step, rank 0, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -7,6 +7,7 @@
     python jobs/benchmark.py train        # Ray Train + DeepSpeed ZeRO-2 (2 workers) vs a plain PyTorch loop
     python jobs/benchmark.py step         # the paper-scale training step on one GPU (--tiny: default model, CPU)
     python jobs/benchmark.py e2e          # wall time per stage and peak memory of the default run
+    python jobs/benchmark.py learn        # what a config learns per step (bench scores), one process, no Ray Train
 
 Extra arguments go to the benchmark (``--help`` after the name lists them). Each benchmark lives beside the code
 it measures and shares its setup with the tests.
@@ -29,6 +30,7 @@ BENCHMARKS = {
     "train": "instraction.train.benchmark:main",
     "step": "instraction.train.step_benchmark:main",
     "e2e": "instraction.workflow_benchmark:main",
+    "learn": "instraction.train.learn_benchmark:main",
 }
 
 
