@@ -73,18 +73,11 @@ def plain_loop(cfg_yaml: str, rows: list[dict], global_batch: int, steps: int, w
 
     from instraction.config import from_yaml
     from instraction.data.examples import Collate
-    from instraction.data.tokenizer import build_tokenizer
-    from instraction.model.instraction import build_model
-    from instraction.train.engine import param_groups
-    from instraction.train.schedule import build_scheduler
+    from instraction.train.engine import plain_training
 
     torch.set_num_threads(threads)
     cfg = from_yaml(cfg_yaml)
-    t = cfg.train
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg, build_tokenizer(cfg.data.tokenizer).vocab_size)
-    opt = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
-    sched = build_scheduler(opt, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+    _, train_step = plain_training(cfg)
     collate = Collate(cfg.data)
     cols = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "key"}
     times, collate_times = [], []
@@ -93,12 +86,7 @@ def plain_loop(cfg_yaml: str, rows: list[dict], global_batch: int, steps: int, w
         lo = (step * global_batch) % (len(rows) - global_batch + 1)
         batch = collate({k: v[lo:lo + global_batch] for k, v in cols.items()})
         collate_times.append(time.perf_counter() - start)
-        out = model(batch)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sched.step()
+        train_step(batch)
         times.append(time.perf_counter() - start)
     steady = times[warmup:]
     return {"samples_per_s": global_batch * len(steady) / sum(steady),

@@ -88,6 +88,33 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def plain_training(cfg, total_steps: int | None = None):
+    """The workers' update without Ray or DeepSpeed, for single-process references (the train and learn
+    benchmarks): the run's model (seeded by ``run.seed``), AdamW on :func:`param_groups`, the warmup + cosine
+    schedule over ``total_steps`` (default ``train.max_steps``) and gradient clipping. Returns ``(model, step)``,
+    ``step(batch)`` running one forward, backward and update and returning the model's output dict."""
+    from instraction.data.tokenizer import build_tokenizer
+    from instraction.model.instraction import build_model
+    from instraction.train.schedule import build_scheduler
+
+    t = cfg.train
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg, build_tokenizer(cfg.data.tokenizer).vocab_size).train()
+    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
+    scheduler = build_scheduler(optimizer, t.warmup_steps, total_steps or t.max_steps, t.min_lr_ratio)
+
+    def step(batch: dict) -> dict:
+        out = model(batch)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        return out
+
+    return model, step
+
+
 def build_engine(model: nn.Module, train: TrainConfig):
     """Wrap ``model`` (already on its device) in a DeepSpeed engine; returns ``(engine, torch_optimizer)``.
 

@@ -82,19 +82,13 @@ def training_rows(cfg: Config, cache: str | None = None) -> list[dict[str, Any]]
 def train_in_process(cfg: Config, rows: list[dict[str, Any]], steps: int, log=print) -> tuple[torch.nn.Module, dict]:
     """``steps`` steps of the global batch on ``rows``; returns the model and {"s_per_step", "last_losses"}."""
     from instraction.data.examples import Collate
-    from instraction.data.tokenizer import build_tokenizer
-    from instraction.model.instraction import build_model
-    from instraction.train.engine import param_groups
-    from instraction.train.schedule import build_scheduler
+    from instraction.train.engine import plain_training
 
     t = cfg.train
     batch = t.batch_size * t.num_workers
     if len(rows) < batch:
         raise ValueError(f"{len(rows)} training rows cannot fill a global batch of {batch}")
-    torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg, build_tokenizer(cfg.data.tokenizer).vocab_size).train()
-    optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
-    scheduler = build_scheduler(optimizer, t.warmup_steps, steps, t.min_lr_ratio)
+    model, train_step = plain_training(cfg, total_steps=steps)
     collate = Collate(cfg.data, augment_seed=(cfg.run.seed, 0, 0))
     rng = np.random.default_rng(cfg.run.seed)
     order, pos, losses = rng.permutation(len(rows)), 0, {}
@@ -104,12 +98,7 @@ def train_in_process(cfg: Config, rows: list[dict[str, Any]], steps: int, log=pr
             order, pos = rng.permutation(len(rows)), 0
         picked = [rows[i] for i in order[pos:pos + batch]]
         pos += batch
-        out = model(collate({k: np.stack([r[k] for r in picked]) for k in picked[0]}))
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        out = train_step(collate({k: np.stack([r[k] for r in picked]) for k in picked[0]}))
         losses = {k: round(float(v), 4) for k, v in out.items() if k == "loss" or k.endswith("_loss")}
         if step % 100 == 0 or step == steps:
             log(f"step {step}/{steps} {losses} {(time.perf_counter() - tic) / step:.3f} s/step")
