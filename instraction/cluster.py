@@ -4,8 +4,9 @@
     init_ray(cfg)        # in a job's main(), after the config is loaded
 
 The library never starts Ray (docs/ARCHITECTURE.md); this helper is the exception the jobs (and, through
-``ray_session``, the benchmarks) call, so every entry point starts Ray by the same rules: nothing when Ray is already up (a test session, a notebook), the cluster named
-by RAY_ADDRESS (or the one ``ray job submit`` runs the job on), else a local instance sized for the run.
+``ray_session``, the benchmarks) call, so every entry point starts Ray by the same rules: nothing when Ray is
+already up (a test session, a notebook), the cluster named by RAY_ADDRESS (or the one ``ray job submit`` runs the
+job on), else a local instance sized for the run.
 """
 
 from __future__ import annotations

@@ -181,13 +181,13 @@ def train(cfg: Config, run_dir: str, stages: Stages) -> dict:
     from instraction.curation.negatives import negatives_for
     from instraction.data.pipeline import format_report, training_dataset
     from instraction.train.launch import run_training
+    from instraction.train.loop import PhaseTimes
 
     with stages("train", f"Ray Train, {cfg.train.num_workers} workers, DeepSpeed ZeRO-{cfg.train.zero_stage}, "
                          f"{cfg.train.max_steps} steps"):
         pipe = training_dataset(cfg, "train", truth_negatives=negatives_for)  # for shards without annotations
         result = run_training(cfg, run_dir, {"train": pipe.dataset})
-        phases = {k[len("phase_"):-len("_ms")]: v for k, v in result.get("metrics", {}).items()
-                  if k.startswith("phase_") and isinstance(v, (int, float))}
+        phases = PhaseTimes.from_metrics(result.get("metrics", {}))
         if phases:
             stages.echo("    rank 0, ms per step: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         try:

@@ -14,6 +14,7 @@ from instraction.config import EMBEDDED_DEFAULT, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    from instraction.train.loop import PhaseTimes
     from instraction.workflow import pretrain
 
     parser = argparse.ArgumentParser(prog="benchmark.py e2e")
@@ -42,8 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verb-object pairs seen / unseen in training: Semantic R@1 {get('semantic', 'seen', 'R@1'):.1f} / "
               f"{get('semantic', 'unseen', 'R@1'):.1f}; Logic ACC {get('logic', 'seen', 'ACC'):.1f} / "
               f"{get('logic', 'unseen', 'ACC'):.1f}")
-    phases = {k[len("phase_"):-len("_ms")]: v for k, v in summary.get("final_metrics", {}).items()
-              if k.startswith("phase_")}
+    phases = PhaseTimes.from_metrics(summary.get("final_metrics", {}))
     if phases:
         print("training step, rank 0, ms: " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if not args.keep:

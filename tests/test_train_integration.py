@@ -84,7 +84,9 @@ def test_zero2_run_trains_and_is_tracked_in_mlflow(uninterrupted):
     lrs = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)]
     assert lrs[0] < lrs[1] and lrs[-1] < lrs[2]  # warmup, then decay
     assert run.data.metrics["data/train/samples_seen"] == STEPS * 2 * 4
-    phases = {k[len("phase_"):-len("_ms")]: v for k, v in result["metrics"].items() if k.startswith("phase_")}
+    from instraction.train.loop import PhaseTimes
+
+    phases = PhaseTimes.from_metrics(result["metrics"])
     assert {"data_wait", "forward", "loss_sync", "backward", "optimizer", "log", "step", "checkpoint"} <= set(phases)
     inside = sum(phases[k] for k in ("data_wait", "forward", "loss_sync", "backward", "optimizer", "log"))
     assert 0 < inside <= phases["step"] * 1.01 and phases["checkpoint"] > 0  # the parts fit in the whole

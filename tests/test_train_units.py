@@ -488,11 +488,13 @@ def test_phase_times_are_per_step_means_and_per_call_for_checkpoints():
         phases.add("forward", 0.010)
         with phases("backward"):
             pass
-        phases.steps += 1
+        phases.add("step", 0.020)
     phases.add("checkpoint", 0.5)
     means = phases.means_ms()
     assert means["phase_forward_ms"] == pytest.approx(10.0) and means["phase_checkpoint_ms"] == pytest.approx(500.0)
     assert 0 <= means["phase_backward_ms"] < 5
+    assert PhaseTimes.from_metrics({**means, "loss": 1.0, "phase_note": 3}) == {
+        k[len("phase_"):-len("_ms")]: v for k, v in means.items()}
 
 
 def test_cpu_workers_run_as_many_torch_threads_as_cpus_they_reserved():

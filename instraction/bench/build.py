@@ -8,8 +8,8 @@
 The split is by source video (instraction.data.split.is_holdout), so no bench clip shares a key or a source video
 with training; build() checks it and writes the check into the manifest. Compositional split: each Semantic and
 Logic question lists its clip's verb-object pairs that no training clip has (``unseen_pairs``; action_pairs says
-what a pair is), so the evaluation scores questions on seen and on unseen combinations apart. Output: semantic.parquet, logic.parquet,
-dynamics.parquet and manifest.json under the bench directory.
+what a pair is), so the evaluation scores questions on seen and on unseen combinations apart. Output:
+semantic.parquet, logic.parquet, dynamics.parquet and manifest.json under the bench directory.
 """
 
 from __future__ import annotations

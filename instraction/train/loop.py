@@ -131,7 +131,6 @@ class Trainer:
                 with self.phases("log"):
                     self.metric_logger.log(self.state.step, metrics)
             self.phases.add("step", time.perf_counter() - now + elapsed)
-            self.phases.steps += 1
             final = self.state.step == t.max_steps
             if final or self.state.step % t.checkpoint_every == 0:
                 with self.phases("checkpoint"):
@@ -239,10 +238,11 @@ class PhaseTimes:
     (with DeepSpeed's gradient reduction), optimizer (clipping and the step), log (MLflow), step (all of it);
     checkpoint and report per step that did one."""
 
+    PREFIX, SUFFIX = "phase_", "_ms"
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, int] = {}
-        self.steps = 0
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
@@ -258,8 +258,15 @@ class PhaseTimes:
 
     def means_ms(self) -> dict[str, float]:
         per_call = {"checkpoint", "report"}  # not every step does one
-        return {f"phase_{k}_ms": 1e3 * v / max(1, self.counts[k] if k in per_call else self.steps)
+        steps = self.counts.get("step", 0)  # "step" is added once per step
+        return {f"{self.PREFIX}{k}{self.SUFFIX}": 1e3 * v / max(1, self.counts[k] if k in per_call else steps)
                 for k, v in self.seconds.items()}
+
+    @classmethod
+    def from_metrics(cls, metrics: dict) -> dict[str, float]:
+        """{phase: ms} back from a report's ``phase_<name>_ms`` entries (what :meth:`means_ms` wrote)."""
+        return {k[len(cls.PREFIX):-len(cls.SUFFIX)]: v for k, v in metrics.items()
+                if k.startswith(cls.PREFIX) and k.endswith(cls.SUFFIX) and isinstance(v, (int, float))}
 
 
 def optimizer_step(engine, out: dict, world: int, plain: bool, grad_clip: float, phases: PhaseTimes | None = None
