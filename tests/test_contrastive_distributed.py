@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from instraction.losses import ContrastiveLoss, DistillLoss
+from instraction.losses.contrastive import gather_many
 
 WORLD, B, NN, E = 2, 6, 2, 8
 
@@ -50,6 +51,39 @@ def _losses(x: dict) -> dict:
     return out
 
 
+def _both(x: dict, shared: bool) -> dict:
+    """Contrastive + distillation summed, their features gathered per loss or once for both (``gather_many``, as
+    the model does): the value, the gradients, and how many collectives of each kind ran."""
+    leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in x.items()}
+    calls = {"all_gather": 0, "all_reduce": 0}
+    originals = {name: getattr(dist, name) for name in calls}
+
+    def counted(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+        return call
+
+    for name in calls:
+        setattr(dist, name, counted(name))
+    try:
+        gathered = {}
+        if shared:
+            v, t, u, has = gather_many([leaves["video"], leaves["text"], leaves["teacher"],
+                                        leaves["has_teacher"].to(leaves["video"].dtype)[:, None]])
+            gathered = {"contrastive": (v, t), "distill": (v, u, t, has[:, 0] > 0.5)}
+        loss = ContrastiveLoss()(leaves["video"], leaves["text"], leaves["scale"], leaves["neg"], leaves["neg_mask"],
+                                 gathered.get("contrastive"))
+        loss = loss + DistillLoss(alpha=0.4)(leaves["video"], leaves["teacher"], leaves["text"], leaves["scale"],
+                                             leaves["has_teacher"], gathered.get("distill"))
+        loss.backward()
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return {"loss": loss.detach(), "calls": calls,
+            **{k: v.grad for k, v in leaves.items() if v.is_floating_point() and v.grad is not None}}
+
+
 def _worker(rank: int, port: int, path: str) -> None:
     torch.set_num_threads(1)  # two ranks on a shared 2-core machine
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
@@ -57,7 +91,8 @@ def _worker(rank: int, port: int, path: str) -> None:
         x = _inputs()
         rows = slice(rank * B // WORLD, (rank + 1) * B // WORLD)
         local = {k: (v if k == "scale" else v[rows]) for k, v in x.items()}
-        torch.save(_losses(local), f"{path}/rank{rank}.pt")
+        torch.save({**_losses(local), "separate": _both(local, False), "shared": _both(local, True)},
+                   f"{path}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -85,3 +120,18 @@ def test_local_loss_across_ranks_equals_global_loss_value_and_gradient(tmp_path)
             assert torch.allclose(got, grad, atol=1e-10), (name, key)
     assert {"video", "text", "neg", "scale"} <= set(reference["contrastive"])
     assert {"video", "text", "teacher", "scale"} <= set(reference["distill"])
+
+
+def test_one_gather_shared_by_both_losses_gives_the_same_values_and_gradients(tmp_path):
+    """The model gathers the clip, caption and teacher embeddings once for the contrastive and distillation losses
+    (``gather_many``): the same loss and gradients on every rank as each loss gathering its own, with one
+    all-gather and one backward all-reduce instead of six gathers (two of them the same tensors) and five."""
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        got = torch.load(tmp_path / f"rank{rank}.pt")
+        separate, shared = got["separate"], got["shared"]
+        assert torch.allclose(shared["loss"], separate["loss"], atol=1e-12)
+        for key in ("video", "text", "teacher", "neg", "scale"):
+            assert torch.allclose(shared[key], separate[key], atol=1e-12), (rank, key)
+        assert separate["calls"] == {"all_gather": 6, "all_reduce": 5}
+        assert shared["calls"] == {"all_gather": 1, "all_reduce": 1}

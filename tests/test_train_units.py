@@ -500,4 +500,4 @@ def test_phase_times_are_per_step_means_and_per_call_for_checkpoints():
 def test_cpu_workers_run_as_many_torch_threads_as_cpus_they_reserved():
     from instraction.train.loop import worker_threads
 
-    assert [worker_threads(c) for c in (0.5, 1.0, 1.5, 8.0)] == [1, 1, 1, 8]
+    assert [worker_threads(c) for c in (0.25, 0.5, 1.0, 1.5, 2.0, 8.0)] == [1, 1, 1, 2, 2, 8]

@@ -23,14 +23,14 @@ caveat). Without torch.distributed initialised this is plain single-process Info
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ContrastiveLoss", "gather_features", "rank_and_world", "hard_negative_margin"]
+__all__ = ["ContrastiveLoss", "gather_features", "gather_many", "rank_and_world", "hard_negative_margin"]
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -82,6 +82,17 @@ def gather_features(x: torch.Tensor, gather_with_grad: bool = True) -> torch.Ten
     return torch.cat(parts, dim=0)
 
 
+def gather_many(tensors: Sequence[torch.Tensor], gather_with_grad: bool = True) -> list[torch.Tensor]:
+    """:func:`gather_features` of several [B, d_i] float tensors (one dtype) in one collective: concatenated along
+    the features, gathered once (with gradient: one all-reduce in backward, not one per tensor), split back.
+    The contrastive and distillation losses gather the same clip and caption embeddings, so a step that runs both
+    shares one gather for all of them (``gathered=`` of :meth:`ContrastiveLoss.logits`, ``DistillLoss.terms``)."""
+    widths = [t.shape[1] for t in tensors]
+    if rank_and_world()[1] == 1:
+        return list(tensors)
+    return list(gather_features(torch.cat(list(tensors), dim=1), gather_with_grad).split(widths, dim=1))
+
+
 def _negative_logits(video: torch.Tensor, neg: torch.Tensor, neg_mask: torch.Tensor, scale=1.0) -> torch.Tensor:
     """[B,Nn] scaled cosine scores of each video against its own negatives, -inf where neg_mask is False.
 
@@ -98,13 +109,18 @@ class ContrastiveLoss(nn.Module):
         self.gather_with_grad = gather_with_grad
 
     def logits(self, video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-               neg: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None
+               neg: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None,
+               gathered: Optional[tuple[torch.Tensor, torch.Tensor]] = None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(v2t [B, W*B (+Nn)], t2v [B, W*B], labels [B]) in float32."""
+        """(v2t [B, W*B (+Nn)], t2v [B, W*B], labels [B]) in float32. ``gathered``: (all videos, all texts) as
+        :func:`gather_many` returned them for these ``video`` and ``text`` (float32), instead of gathering here."""
         rank, _ = rank_and_world()
         video, text = video.float(), text.float()  # softmax over many columns wants fp32 under bf16 training
-        all_video = gather_features(video, self.gather_with_grad)
-        all_text = gather_features(text, self.gather_with_grad)
+        if gathered is None:
+            all_video = gather_features(video, self.gather_with_grad)
+            all_text = gather_features(text, self.gather_with_grad)
+        else:
+            all_video, all_text = (x.float() for x in gathered)
         v2t = logit_scale * video @ all_text.t()
         if neg is not None and neg.shape[1] > 0:
             if neg_mask is None:
@@ -115,7 +131,8 @@ class ContrastiveLoss(nn.Module):
         return v2t, t2v, labels
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                neg: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                neg: Optional[torch.Tensor] = None, neg_mask: Optional[torch.Tensor] = None,
+                gathered: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """InfoNCE (scalar, mean over this rank's rows of both directions' CE, halved).
 
         Args:
@@ -123,8 +140,9 @@ class ContrastiveLoss(nn.Module):
             logit_scale: scalar tensor, the (already clamped) 1/temperature, a model parameter.
             neg: [B,Nn,E] L2-normalised hard-negative captions of each clip (optional).
             neg_mask: bool [B,Nn], True for real negatives.
+            gathered: optional (all videos, all texts) already gathered (:meth:`logits`).
         """
-        v2t, t2v, labels = self.logits(video, text, logit_scale, neg, neg_mask)
+        v2t, t2v, labels = self.logits(video, text, logit_scale, neg, neg_mask, gathered)
         return (F.cross_entropy(v2t, labels) + F.cross_entropy(t2v, labels)) / 2
 
 

@@ -24,6 +24,8 @@ Choices the paper leaves open, documented here:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -59,7 +61,8 @@ class DistillLoss(nn.Module):
         self.gather_with_grad = gather_with_grad
 
     def terms(self, student: torch.Tensor, teacher: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-              has_teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              has_teacher: torch.Tensor, gathered: Optional[tuple[torch.Tensor, ...]] = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """(distill, teacher_ce): eq. 4 on the student, and the teacher's own InfoNCE (both directions summed).
 
         Args:
@@ -68,15 +71,21 @@ class DistillLoss(nn.Module):
             text: [B,E] L2-normalised caption embeddings.
             logit_scale: scalar tensor (1/temperature), shared with the contrastive loss.
             has_teacher: bool [B], False for clips with no verb phrase (verb_count == 0).
+            gathered: optional (all students, all teachers, all texts, all has_teacher) already gathered for these
+                inputs (``contrastive.gather_many``, shared with the contrastive loss), instead of gathering here.
         """
         rank, _ = rank_and_world()
         b = student.shape[0]
         student, teacher, text = student.float(), teacher.float(), text.float()
         has_teacher = has_teacher.bool()
-        all_text = gather_features(text, self.gather_with_grad)
-        all_student = gather_features(student, self.gather_with_grad)
-        all_teacher = gather_features(teacher, self.gather_with_grad)
-        all_has = gather_features(has_teacher, False)
+        if gathered is None:
+            all_text = gather_features(text, self.gather_with_grad)
+            all_student = gather_features(student, self.gather_with_grad)
+            all_teacher = gather_features(teacher, self.gather_with_grad)
+            all_has = gather_features(has_teacher, False)
+        else:
+            all_student, all_teacher, all_text = (x.float() for x in gathered[:3])
+            all_has = gathered[3].bool()
         labels = torch.arange(b, device=student.device) + rank * b
 
         s_v2t = logit_scale * student @ all_text.t()  # [B, W*B]
@@ -93,7 +102,7 @@ class DistillLoss(nn.Module):
         return distill, teacher_ce
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
-                has_teacher: torch.Tensor) -> torch.Tensor:
+                has_teacher: torch.Tensor, gathered: Optional[tuple[torch.Tensor, ...]] = None) -> torch.Tensor:
         """Scalar: eq. 4 + the teacher's InfoNCE. Shapes as in :meth:`terms`."""
-        distill, teacher_ce = self.terms(student, teacher, text, logit_scale, has_teacher)
+        distill, teacher_ce = self.terms(student, teacher, text, logit_scale, has_teacher, gathered)
         return distill + teacher_ce

@@ -13,8 +13,9 @@ Embeddings (joint space, E = embed_dim, L2-normalised):
 * text / negatives / verb phrases: text_proj(pooled text state).
 
 ``forward(batch)`` returns the four unweighted ``*_loss`` terms, ``loss`` = their config-weighted sum (a term of
-weight 0 is not computed, reported as 0) and detached diagnostics. The model is written for one device; the
-losses all-gather across ranks themselves when torch.distributed is initialised (losses/contrastive.py).
+weight 0 is not computed, reported as 0) and detached diagnostics. The model is written for one device; when
+torch.distributed is initialised, the contrastive and distillation losses compare against the global batch, and
+``forward`` all-gathers their clip, caption and teacher embeddings once for both (``losses.contrastive.gather_many``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from instraction.losses.config import LossConfig
-from instraction.losses.contrastive import ContrastiveLoss, hard_negative_margin
+from instraction.losses.contrastive import ContrastiveLoss, gather_many, hard_negative_margin
 from instraction.losses.distill import DistillLoss
 from instraction.losses.dtw_align import DTWAlignLoss
 from instraction.losses.mam import IGNORE_INDEX, mam_loss_from_hidden
@@ -178,34 +179,46 @@ class InstrActionModel(nn.Module):
         out: dict = {f"{name}_loss": zero for name in LOSS_TERMS}
         diag: dict = {"logit_scale": scale}
 
+        verb_state = t_emb = has_teacher = None
+        if use_verbs:
+            verb_state = _scatter_rows(pooled[-1], verb_valid, self.text.width)  # [B,M,Ct]
+        if weights["distill"] > 0:
+            teacher = self.perceiver(tokens, queries=self.verb_query(verb_state), query_mask=verb_valid)
+            t_proj = self.video_proj(teacher)  # zeros at padded verbs (query_mask)
+            t_emb = F.normalize(t_proj.sum(1) / verb_count.clamp(min=1)[:, None].to(t_proj.dtype), dim=-1)
+            has_teacher = verb_count > 0
+        # Both losses compare the global batch's clips and captions: one all-gather for all their features
+        gathered = {}
+        if weights["contrastive"] > 0 and t_emb is not None:
+            all_v, all_t, all_u, all_has = gather_many(
+                [video_emb.float(), text_emb.float(), t_emb.float(), has_teacher.float()[:, None]],
+                cfg.gather_with_grad)
+            gathered = {"contrastive": (all_v, all_t), "distill": (all_v, all_u, all_t, all_has[:, 0] > 0.5)}
+
         if weights["contrastive"] > 0:
             neg = None
             if use_negatives:
                 neg_state = _scatter_rows(pooled[1], neg_mask, self.text.width)
                 neg = F.normalize(self.text_proj(neg_state), dim=-1)
             out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg,
-                                                            neg_mask if use_negatives else None)
+                                                            neg_mask if use_negatives else None,
+                                                            gathered.get("contrastive"))
             if neg is not None:
                 diag["hn_margin"], diag["hn_fraction"] = hard_negative_margin(video_emb, text_emb, neg, neg_mask)
 
-        if use_verbs:
-            verb_state = _scatter_rows(pooled[-1], verb_valid, self.text.width)  # [B,M,Ct]
-            if weights["distill"] > 0:
-                teacher = self.perceiver(tokens, queries=self.verb_query(verb_state), query_mask=verb_valid)
-                t_proj = self.video_proj(teacher)  # zeros at padded verbs (query_mask)
-                t_emb = F.normalize(t_proj.sum(1) / verb_count.clamp(min=1)[:, None].to(t_proj.dtype), dim=-1)
-                has_teacher = verb_count > 0
-                student, teacher_ce = self.distill_loss.terms(video_emb, t_emb, text_emb, scale, has_teacher)
-                out["distill_loss"] = student + cfg.distill_teacher_weight * teacher_ce
-                diag.update(distill_student=student, distill_teacher_ce=teacher_ce,
-                            teacher_fraction=has_teacher.float().mean())
-            if weights["dtw"] > 0:
-                align, order, valid = self.dtw_loss.terms(s_proj, self.text_proj(verb_state), verb_count)
-                w = valid.to(align.dtype)
-                n = w.sum().clamp(min=1.0)
-                out["dtw_loss"] = ((align + order) * w).sum() / n
-                diag.update(dtw_align=(align * w).sum() / n, dtw_order=(order * w).sum() / n,
-                            dtw_fraction=valid.float().mean())
+        if weights["distill"] > 0:
+            student, teacher_ce = self.distill_loss.terms(video_emb, t_emb, text_emb, scale, has_teacher,
+                                                          gathered.get("distill"))
+            out["distill_loss"] = student + cfg.distill_teacher_weight * teacher_ce
+            diag.update(distill_student=student, distill_teacher_ce=teacher_ce,
+                        teacher_fraction=has_teacher.float().mean())
+        if weights["dtw"] > 0:
+            align, order, valid = self.dtw_loss.terms(s_proj, self.text_proj(verb_state), verb_count)
+            w = valid.to(align.dtype)
+            n = w.sum().clamp(min=1.0)
+            out["dtw_loss"] = ((align + order) * w).sum() / n
+            diag.update(dtw_align=(align * w).sum() / n, dtw_order=(order * w).sum() / n,
+                        dtw_fraction=valid.float().mean())
 
         if weights["mam"] > 0:
             # mam_ids is the caption with its action tokens masked: same length and padding as text_ids.

@@ -214,9 +214,10 @@ class Trainer:
 
 
 def worker_threads(cpus_per_worker: float) -> int:
-    """torch intra-op threads of a training worker: the CPUs it reserved (at least one). Set explicitly: torch's
+    """torch intra-op threads of a training worker: the CPUs it reserved, rounded up (a worker of 1.5 CPUs that
+    leaves half a core to Ray Data's actors still computes on 2 threads once they are idle). Set explicitly: torch's
     own default is every core the process sees, so workers sharing a machine would each run that many threads."""
-    return max(1, int(cpus_per_worker))
+    return max(1, math.ceil(cpus_per_worker))
 
 
 def batch_rows(batch: dict) -> int:
