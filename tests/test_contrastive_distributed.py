@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from instraction.losses import ContrastiveLoss, DistillLoss
-from instraction.losses.contrastive import gather_many
+from instraction.losses.distill import gather_for_both
 
 WORLD, B, NN, E = 2, 6, 2, 8
 
@@ -52,8 +52,8 @@ def _losses(x: dict) -> dict:
 
 
 def _both(x: dict, shared: bool) -> dict:
-    """Contrastive + distillation summed, their features gathered per loss or once for both (``gather_many``, as
-    the model does): the value, the gradients, and how many collectives of each kind ran."""
+    """Contrastive + distillation summed, their features gathered per loss or once for both (``gather_for_both``,
+    as the model does): the value, the gradients, and how many collectives of each kind ran."""
     leaves = {k: (v.clone().requires_grad_() if v.is_floating_point() else v) for k, v in x.items()}
     calls = {"all_gather": 0, "all_reduce": 0}
     originals = {name: getattr(dist, name) for name in calls}
@@ -67,11 +67,8 @@ def _both(x: dict, shared: bool) -> dict:
     for name in calls:
         setattr(dist, name, counted(name))
     try:
-        gathered = {}
-        if shared:
-            v, t, u, has = gather_many([leaves["video"], leaves["text"], leaves["teacher"],
-                                        leaves["has_teacher"].to(leaves["video"].dtype)[:, None]])
-            gathered = {"contrastive": (v, t), "distill": (v, u, t, has[:, 0] > 0.5)}
+        gathered = gather_for_both(leaves["video"], leaves["text"], leaves["teacher"], leaves["has_teacher"]) \
+            if shared else {}
         loss = ContrastiveLoss()(leaves["video"], leaves["text"], leaves["scale"], leaves["neg"], leaves["neg_mask"],
                                  gathered.get("contrastive"))
         loss = loss + DistillLoss(alpha=0.4)(leaves["video"], leaves["teacher"], leaves["text"], leaves["scale"],
@@ -124,7 +121,7 @@ def test_local_loss_across_ranks_equals_global_loss_value_and_gradient(tmp_path)
 
 def test_one_gather_shared_by_both_losses_gives_the_same_values_and_gradients(tmp_path):
     """The model gathers the clip, caption and teacher embeddings once for the contrastive and distillation losses
-    (``gather_many``): the same loss and gradients on every rank as each loss gathering its own, with one
+    (``gather_for_both``): the same loss and gradients on every rank as each loss gathering its own, with one
     all-gather and one backward all-reduce instead of six gathers (two of them the same tensors) and five."""
     mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     for rank in range(WORLD):

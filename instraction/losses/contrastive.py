@@ -86,7 +86,7 @@ def gather_many(tensors: Sequence[torch.Tensor], gather_with_grad: bool = True) 
     """:func:`gather_features` of several [B, d_i] float tensors (one dtype) in one collective: concatenated along
     the features, gathered once (with gradient: one all-reduce in backward, not one per tensor), split back.
     The contrastive and distillation losses gather the same clip and caption embeddings, so a step that runs both
-    shares one gather for all of them (``gathered=`` of :meth:`ContrastiveLoss.logits`, ``DistillLoss.terms``)."""
+    shares one gather for all of them (``losses.distill.gather_for_both``)."""
     widths = [t.shape[1] for t in tensors]
     if rank_and_world()[1] == 1:
         return list(tensors)

@@ -30,9 +30,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instraction.losses.contrastive import gather_features, rank_and_world
+from instraction.losses.contrastive import gather_features, gather_many, rank_and_world
 
-__all__ = ["DistillLoss", "soft_cross_entropy"]
+__all__ = ["DistillLoss", "gather_for_both", "soft_cross_entropy"]
+
+
+def gather_for_both(video: torch.Tensor, text: torch.Tensor, teacher: torch.Tensor, has_teacher: torch.Tensor,
+                    gather_with_grad: bool = True) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The global batch's clip, caption and teacher embeddings (and which clips have a teacher) in one collective
+    (``contrastive.gather_many``), laid out as the two losses take them: ``{"contrastive": (videos, texts),
+    "distill": (students, teachers, texts, has_teacher)}`` for ``ContrastiveLoss(..., gathered=)`` and
+    ``DistillLoss.terms(..., gathered=)``. video, text, teacher [B,E]; has_teacher bool [B]."""
+    all_v, all_t, all_u, all_has = gather_many(
+        [video.float(), text.float(), teacher.float(), has_teacher.float()[:, None]], gather_with_grad)
+    return {"contrastive": (all_v, all_t), "distill": (all_v, all_u, all_t, all_has[:, 0] > 0.5)}
 
 
 def soft_cross_entropy(s: torch.Tensor, s_teacher: torch.Tensor, labels: torch.Tensor, alpha: float,

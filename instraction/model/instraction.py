@@ -15,7 +15,7 @@ Embeddings (joint space, E = embed_dim, L2-normalised):
 ``forward(batch)`` returns the four unweighted ``*_loss`` terms, ``loss`` = their config-weighted sum (a term of
 weight 0 is not computed, reported as 0) and detached diagnostics. The model is written for one device; when
 torch.distributed is initialised, the contrastive and distillation losses compare against the global batch, and
-``forward`` all-gathers their clip, caption and teacher embeddings once for both (``losses.contrastive.gather_many``).
+``forward`` all-gathers their clip, caption and teacher embeddings once for both (``losses.distill.gather_for_both``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from instraction.losses.config import LossConfig
-from instraction.losses.contrastive import ContrastiveLoss, gather_many, hard_negative_margin
-from instraction.losses.distill import DistillLoss
+from instraction.losses.contrastive import ContrastiveLoss, hard_negative_margin
+from instraction.losses.distill import DistillLoss, gather_for_both
 from instraction.losses.dtw_align import DTWAlignLoss
 from instraction.losses.mam import IGNORE_INDEX, mam_loss_from_hidden
 from instraction.model.backbone import build_text_tower, build_video_tower
@@ -190,10 +190,7 @@ class InstrActionModel(nn.Module):
         # Both losses compare the global batch's clips and captions: one all-gather for all their features
         gathered = {}
         if weights["contrastive"] > 0 and t_emb is not None:
-            all_v, all_t, all_u, all_has = gather_many(
-                [video_emb.float(), text_emb.float(), t_emb.float(), has_teacher.float()[:, None]],
-                cfg.gather_with_grad)
-            gathered = {"contrastive": (all_v, all_t), "distill": (all_v, all_u, all_t, all_has[:, 0] > 0.5)}
+            gathered = gather_for_both(video_emb, text_emb, t_emb, has_teacher, cfg.gather_with_grad)
 
         if weights["contrastive"] > 0:
             neg = None

@@ -99,8 +99,8 @@ def train_in_process(cfg: Config, rows: list[dict[str, Any]], steps: int, log=pr
         picked = [rows[i] for i in order[pos:pos + batch]]
         pos += batch
         out = train_step(collate({k: np.stack([r[k] for r in picked]) for k in picked[0]}))
-        losses = {k: round(float(v), 4) for k, v in out.items() if k == "loss" or k.endswith("_loss")}
         if step % 100 == 0 or step == steps:
+            losses = {k: round(float(v.detach()), 4) for k, v in out.items() if k == "loss" or k.endswith("_loss")}
             log(f"step {step}/{steps} {losses} {(time.perf_counter() - tic) / step:.3f} s/step")
     return model.eval(), {"s_per_step": (time.perf_counter() - tic) / max(1, steps), "last_losses": losses}
 
