@@ -506,3 +506,25 @@ def test_conv3d_tower_runs_channels_last_with_the_same_outputs_and_gradients():
     tower.stem.forward = stem_forward
     for a, b in zip(fast[:2] + tuple(fast[2]), plain[:2] + tuple(plain[2])):
         assert (a - b).norm() <= 1e-4 * b.norm()  # summation order differs: fp32 rounding only
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_attention_under_cpu_autocast_computes_in_fp32(mask):
+    """Under CPU bf16 autocast the attention product runs on fp32 copies and returns bf16 (torch's bf16 CPU
+    flash-attention backward was ~15x slower than fp32's): the result is the fp32 attention rounded once, not the
+    bf16 kernel's, and gradients reach the bf16 inputs."""
+    from instraction.model.backbone import attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, 2, 7, 8, generator=g).bfloat16().requires_grad_() for _ in range(3))
+    allowed = torch.rand(3, 1, 7, 7, generator=g) > 0.3 if mask else None
+    if mask:
+        allowed[..., 0] = True  # every query sees a key
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention(q, k, v, allowed)
+    expected = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=allowed)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.bfloat16())
+    out.float().square().sum().backward()
+    assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0 for x in (q, k, v))
+    plain = attention(q.detach().float(), k.detach().float(), v.detach().float(), allowed)  # no autocast: as SDPA
+    assert plain.dtype == torch.float32 and torch.equal(plain, expected.detach())

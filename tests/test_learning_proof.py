@@ -30,6 +30,7 @@ SEMANTIC_MIN = 50.0
 
 def test_default_run_learns_motion_not_objects(tmp_path, ray_local):
     from instraction.config import load_config
+    from instraction.train.engine import native_bf16
     from instraction.workflow import pretrain
 
     data = tmp_path / "synthkitchen"
@@ -41,6 +42,9 @@ def test_default_run_learns_motion_not_objects(tmp_path, ray_local):
     ])
     summary = pretrain(cfg, echo=print)
     assert summary["steps"] == cfg.train.max_steps == 1200
+    # precision "auto": bf16 autocast in the workers exactly where this CPU has bf16 units (AMX / AVX512-BF16)
+    assert cfg.train.precision == "auto"
+    assert summary["final_metrics"]["bf16_autocast"] == float(native_bf16(use_gpu=False))
     trained, base = summary["bench"], summary["baselines"]
     static, untrained = base["static_single_frame"], base["untrained"]
     sem, logic = trained["semantic"]["R@1"], trained["logic"]["ACC"]

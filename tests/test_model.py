@@ -228,3 +228,33 @@ def test_one_text_tower_call_gives_the_states_of_one_call_per_length(tiny_config
     assert grad_a.abs().max() > 0
     # float32 rounding of differently shaped matmuls: ~1e-6 of the largest gradient
     assert torch.allclose(grad_a, grad_b, rtol=1e-4, atol=1e-5 * float(grad_a.abs().max()))
+
+
+def test_bf16_autocast_runs_the_towers_in_bf16_and_every_loss_in_fp32(monkeypatch):
+    """train.precision=bf16-mixed on CPU: the towers compute in bf16, while the contrastive, distillation and
+    DTW-Align losses see autocast off (their softmaxes and soft-DTW in fp32) and return fp32; the backward reaches
+    the fp32 weights; the totals stay close to an fp32 forward of the same batch."""
+    cfg, model = _model()
+    batch = make_dummy_batch(cfg, VOCAB, 4)
+    reference = model(batch)
+    autocast_in, tower_dtype = {}, []
+    for name, method in (("contrastive_loss", "forward"), ("distill_loss", "terms"), ("dtw_loss", "terms")):
+        original = getattr(getattr(model, name), method)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            autocast_in[_name] = torch.is_autocast_enabled("cpu")
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(getattr(model, name), method, spy)
+    layer = next(m for m in model.video.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)))
+    layer.register_forward_hook(lambda mod, args, out: tower_dtype.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    assert tower_dtype == [torch.bfloat16]
+    assert autocast_in == {"contrastive_loss": False, "distill_loss": False, "dtw_loss": False}
+    for name in LOSS_TERMS:
+        assert out[f"{name}_loss"].dtype == torch.float32, name
+        assert out[f"{name}_loss"].item() == pytest.approx(reference[f"{name}_loss"].item(), rel=0.05), name
+    out["loss"].backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

@@ -501,3 +501,37 @@ def test_cpu_workers_run_as_many_torch_threads_as_cpus_they_reserved():
     from instraction.train.loop import worker_threads
 
     assert [worker_threads(c) for c in (0.25, 0.5, 1.0, 1.5, 2.0, 8.0)] == [1, 1, 1, 2, 2, 8]
+
+
+@pytest.mark.parametrize("amx,avx512_bf16,expected", [(True, False, "bf16-mixed"), (False, True, "bf16-mixed"),
+                                                     (False, False, "fp32")])
+def test_auto_precision_is_bf16_mixed_only_where_the_cpu_has_bf16_units(tmp_path, monkeypatch, amx, avx512_bf16,
+                                                                        expected):
+    """precision=auto: bf16 autocast where the CPU computes bf16 natively (AMX or AVX512-BF16), fp32 where oneDNN
+    would emulate it; an explicit precision is kept as given. The worker, the plain loop and the engine resolve it."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    auto = th.tiny_config(tmp_path, "train.precision=auto").train
+    assert engine.resolve_precision(auto).precision == expected
+    assert engine.resolve_precision(th.tiny_config(tmp_path, "train.precision=fp32").train).precision == "fp32"
+    ds = deepspeed_config(engine.resolve_precision(auto))
+    assert ds.get("torch_autocast", {}).get("enabled", False) == (expected == "bf16-mixed")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+def test_plain_training_autocasts_the_forward_for_bf16_mixed(precision):
+    """The single-process update of the learn and train benchmarks trains as the workers do: under
+    bf16-mixed its forward runs in bf16 autocast while the weights stay fp32 and learn."""
+    from instraction.config import load_config
+    from instraction.model.testing import make_dummy_batch
+
+    cfg = load_config(None, [f"train.precision={precision}"])
+    model, step = engine.plain_training(cfg, total_steps=5)
+    seen = []
+    layer = next(m for m in model.video.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Linear)))
+    layer.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    before = layer.weight.detach().clone()
+    out = step(make_dummy_batch(cfg, model.text.token_embedding.num_embeddings, 4))
+    assert seen == [torch.bfloat16 if precision == "bf16-mixed" else torch.float32]
+    assert torch.isfinite(out["loss"]) and layer.weight.dtype == torch.float32
+    assert not torch.equal(layer.weight.detach(), before)

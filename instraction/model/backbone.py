@@ -32,6 +32,7 @@ __all__ = [
     "Conv3dVideoTower",
     "TextTransformer",
     "VisionTransformer",
+    "attention",
     "build_text_tower",
     "build_video_tower",
     "set_activation",
@@ -78,6 +79,22 @@ class DropPath(nn.Module):
         return x * keep / (1.0 - self.p)
 
 
+def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention`` over [B,H,N,D] heads, in fp32 on CPU under autocast or low precision.
+
+    torch's CPU flash-attention backward is ~15x slower in bf16 than in fp32 at these head sizes (17 ms against
+    1.2 ms a call, batch 64 of the embedded default), which undid bf16 autocast's gain on the convolutions and
+    matmuls; attention is a small share of the FLOPs, so on CPU it runs in fp32 and returns the input dtype.
+    On GPUs the bf16 kernels are the fast ones and run as they are (docs/ARCHITECTURE.md, "Precision on CPU").
+    """
+    if q.device.type == "cpu" and (q.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
+                                                 is_causal=is_causal)
+        return out.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameter names (in_proj_*, out_proj), batch-first,
     computed by F.scaled_dot_product_attention (flash / memory-efficient kernels where available)."""
@@ -94,9 +111,7 @@ class SelfAttention(nn.Module):
         b, n, c = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, n, 3, self.heads, c // self.heads)
         q, k, v = qkv.unbind(2)
-        out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask, is_causal=is_causal
-        )
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask, is_causal)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from instraction.model.backbone import attention
+
 __all__ = ["MultimodalDecoder", "DecoderLayer"]
 
 
@@ -58,12 +60,12 @@ class DecoderLayer(nn.Module):
                 cond_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """h [B,L,C]; self_mask bool [B,1,L,L] (True = may attend); cond [B,K,Cc]; cond_mask bool [B,1,1,K] or None."""
         q, k, v = self.qkv(self.ln_self(h)).chunk(3, dim=-1)
-        attn = F.scaled_dot_product_attention(
+        attn = attention(
             _heads_split(q, self.heads), _heads_split(k, self.heads), _heads_split(v, self.heads), attn_mask=self_mask
         )
         h = h + self.self_out(_heads_merge(attn))
         k, v = self.cross_kv(cond).chunk(2, dim=-1)
-        attn = F.scaled_dot_product_attention(
+        attn = attention(
             _heads_split(self.cross_q(self.ln_cross(h)), self.heads), _heads_split(k, self.heads),
             _heads_split(v, self.heads), attn_mask=cond_mask,
         )

@@ -43,6 +43,16 @@ __all__ = ["InstrActionModel", "build_model", "LOSS_TERMS"]
 LOSS_TERMS = ("contrastive", "distill", "dtw", "mam")
 
 
+class JointProjection(nn.Linear):
+    """``nn.Linear`` into the joint space that computes in its weights' dtype under autocast: the embeddings every
+    loss and the bench compare stay fp32 in a bf16-mixed run (a tiny matmul; the towers before it run in bf16).
+    Parameter names are nn.Linear's, so checkpoints load as before."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
 class InstrActionModel(nn.Module):
     share_text_call: Optional[bool] = None
     """One text-tower call for captions, negatives and verb phrases (True), one per length (False), or by device
@@ -59,8 +69,8 @@ class InstrActionModel(nn.Module):
                                          pc.mlp_ratio, pc.window, pc.attention_backend)
         self.verb_query = nn.Linear(ct, cv)  # verb-phrase text state -> teacher query at the perceiver's width
         # No bias: padded teacher tokens (zeroed by query_mask) project to 0, so a sum over verbs is a masked sum.
-        self.video_proj = nn.Linear(cv, e, bias=False)
-        self.text_proj = nn.Linear(ct, e, bias=False)
+        self.video_proj = JointProjection(cv, e, bias=False)
+        self.text_proj = JointProjection(ct, e, bias=False)
         dc = model_cfg.decoder
         self.decoder = MultimodalDecoder(self.text.token_embedding, model_cfg.text.context_length, cv, dc.layers,
                                          dc.heads, dc.mlp_ratio)
@@ -148,6 +158,34 @@ class InstrActionModel(nn.Module):
                 pooled[i] = part
         return pooled
 
+    def _losses(self, out: dict, diag: dict, weights: dict, video_emb, text_emb, scale, neg, neg_mask, t_emb,
+                has_teacher, s_proj, verb_emb, verb_count) -> None:
+        """The contrastive, distillation and DTW-Align terms into ``out`` / ``diag`` (``forward`` calls it with
+        autocast off; every loss casts its inputs to fp32)."""
+        cfg = self.loss_cfg
+        # Both losses compare the global batch's clips and captions: one all-gather for all their features
+        gathered = {}
+        if weights["contrastive"] > 0 and t_emb is not None:
+            gathered = gather_for_both(video_emb, text_emb, t_emb, has_teacher, cfg.gather_with_grad)
+        if weights["contrastive"] > 0:
+            out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg, neg_mask,
+                                                            gathered.get("contrastive"))
+            if neg is not None:
+                diag["hn_margin"], diag["hn_fraction"] = hard_negative_margin(video_emb, text_emb, neg, neg_mask)
+        if weights["distill"] > 0:
+            student, teacher_ce = self.distill_loss.terms(video_emb, t_emb, text_emb, scale, has_teacher,
+                                                          gathered.get("distill"))
+            out["distill_loss"] = student + cfg.distill_teacher_weight * teacher_ce
+            diag.update(distill_student=student, distill_teacher_ce=teacher_ce,
+                        teacher_fraction=has_teacher.float().mean())
+        if weights["dtw"] > 0:
+            align, order, valid = self.dtw_loss.terms(s_proj, verb_emb, verb_count)
+            w = valid.to(align.dtype)
+            n = w.sum().clamp(min=1.0)
+            out["dtw_loss"] = ((align + order) * w).sum() / n
+            diag.update(dtw_align=(align * w).sum() / n, dtw_order=(order * w).sum() / n,
+                        dtw_fraction=valid.float().mean())
+
     # ------------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict) -> dict:
         """batch per the batch contract (docs/ARCHITECTURE.md) -> dict of 0-dim tensors:
@@ -187,35 +225,16 @@ class InstrActionModel(nn.Module):
             t_proj = self.video_proj(teacher)  # zeros at padded verbs (query_mask)
             t_emb = F.normalize(t_proj.sum(1) / verb_count.clamp(min=1)[:, None].to(t_proj.dtype), dim=-1)
             has_teacher = verb_count > 0
-        # Both losses compare the global batch's clips and captions: one all-gather for all their features
-        gathered = {}
-        if weights["contrastive"] > 0 and t_emb is not None:
-            gathered = gather_for_both(video_emb, text_emb, t_emb, has_teacher, cfg.gather_with_grad)
-
-        if weights["contrastive"] > 0:
-            neg = None
-            if use_negatives:
-                neg_state = _scatter_rows(pooled[1], neg_mask, self.text.width)
-                neg = F.normalize(self.text_proj(neg_state), dim=-1)
-            out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg,
-                                                            neg_mask if use_negatives else None,
-                                                            gathered.get("contrastive"))
-            if neg is not None:
-                diag["hn_margin"], diag["hn_fraction"] = hard_negative_margin(video_emb, text_emb, neg, neg_mask)
-
-        if weights["distill"] > 0:
-            student, teacher_ce = self.distill_loss.terms(video_emb, t_emb, text_emb, scale, has_teacher,
-                                                          gathered.get("distill"))
-            out["distill_loss"] = student + cfg.distill_teacher_weight * teacher_ce
-            diag.update(distill_student=student, distill_teacher_ce=teacher_ce,
-                        teacher_fraction=has_teacher.float().mean())
+        neg = verb_emb = None
+        if weights["contrastive"] > 0 and use_negatives:
+            neg = F.normalize(self.text_proj(_scatter_rows(pooled[1], neg_mask, self.text.width)), dim=-1)
         if weights["dtw"] > 0:
-            align, order, valid = self.dtw_loss.terms(s_proj, self.text_proj(verb_state), verb_count)
-            w = valid.to(align.dtype)
-            n = w.sum().clamp(min=1.0)
-            out["dtw_loss"] = ((align + order) * w).sum() / n
-            diag.update(dtw_align=(align * w).sum() / n, dtw_order=(order * w).sum() / n,
-                        dtw_fraction=valid.float().mean())
+            verb_emb = self.text_proj(verb_state)
+        # The losses (softmaxes over the global batch and the negatives, soft-DTW) run in fp32 under autocast: a
+        # bf16 logit at temperature 0.07 is off by up to ~0.05, the size of a hard negative's margin late in training.
+        with torch.autocast(video_emb.device.type, enabled=False):
+            self._losses(out, diag, weights, video_emb, text_emb, scale, neg, neg_mask if use_negatives else None,
+                         t_emb, has_teacher, s_proj, verb_emb, verb_count if use_verbs else None)
 
         if weights["mam"] > 0:
             # mam_ids is the caption with its action tokens masked: same length and padding as text_ids.

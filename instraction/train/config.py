@@ -35,7 +35,9 @@ class TrainConfig:
     """Global gradient-norm clipping (DeepSpeed gradient_clipping; 0 disables)."""
     precision: str = "fp32"
     """fp32 | bf16 (weights and gradients in bf16, DeepSpeed's bf16 optimizer) | bf16-mixed (fp32 weights, bf16
-    compute under torch autocast) | fp16 (needs a GPU)."""
+    compute under torch autocast) | fp16 (needs a GPU) | auto (bf16-mixed where the worker's device computes bf16
+    natively: a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16; fp32 elsewhere, where bf16 is emulated and
+    slower. Resolved in each worker, ``train.engine.resolve_precision``)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage 0-3: the engine config is configs/deepspeed/zero{stage}.json unless deepspeed_config
     is set."""
@@ -67,7 +69,7 @@ class TrainConfig:
     """Write the final weights as model.safetensors (ZeRO-3 parameters gathered) into the last checkpoint."""
 
     def validate(self, path: str) -> None:
-        check_choice(f"{path}.precision", self.precision, ["fp32", "bf16", "bf16-mixed", "fp16"])
+        check_choice(f"{path}.precision", self.precision, ["fp32", "bf16", "bf16-mixed", "fp16", "auto"])
         check_choice(f"{path}.zero_stage", self.zero_stage, [0, 1, 2, 3])
         check_range(f"{path}.num_workers", self.num_workers, 1, None)
         check_range(f"{path}.max_steps", self.max_steps, 0, None)

@@ -58,6 +58,23 @@ def config_path(train: TrainConfig) -> Path:
     raise FileNotFoundError(f"DeepSpeed config not found; tried: {tried}{hint}")
 
 
+def native_bf16(use_gpu: bool) -> bool:
+    """Whether this process's training device computes bf16 in hardware: a CUDA GPU with bf16 (Ampere on), or a
+    CPU with AMX tiles or AVX512-BF16 (oneDNN's bf16 convolutions and matmuls; elsewhere oneDNN emulates them)."""
+    if use_gpu:
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def resolve_precision(train: TrainConfig) -> TrainConfig:
+    """``train`` with ``precision: auto`` made concrete for this process's hardware: ``bf16-mixed`` where
+    :func:`native_bf16`, else ``fp32``. Other precisions are returned as they are."""
+    if train.precision != "auto":
+        return train
+    return dataclasses.replace(train, precision="bf16-mixed" if native_bf16(train.use_gpu) else "fp32")
+
+
 def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
     """The DeepSpeed JSON for ``train.zero_stage`` (or ``train.deepspeed_config``) with the run's values set."""
     cfg = json.loads(config_path(train).read_text())
@@ -91,20 +108,24 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def plain_training(cfg, total_steps: int | None = None):
     """The workers' update without Ray or DeepSpeed, for single-process references (the train and learn
     benchmarks): the run's model (seeded by ``run.seed``), AdamW on :func:`param_groups`, the warmup + cosine
-    schedule over ``total_steps`` (default ``train.max_steps``) and gradient clipping. Returns ``(model, step)``,
+    schedule over ``total_steps`` (default ``train.max_steps``), gradient clipping and, for
+    ``train.precision=bf16-mixed`` (or ``auto`` resolved so), the forward under bf16 autocast. Returns ``(model, step)``,
     ``step(batch)`` running one forward, backward and update and returning the model's output dict."""
     from instraction.data.tokenizer import build_tokenizer
     from instraction.model.instraction import build_model
     from instraction.train.schedule import build_scheduler
 
-    t = cfg.train
+    t = resolve_precision(cfg.train)
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg, build_tokenizer(cfg.data.tokenizer).vocab_size).train()
     optimizer = torch.optim.AdamW(param_groups(model, t.weight_decay), lr=t.lr, betas=tuple(t.betas))
     scheduler = build_scheduler(optimizer, t.warmup_steps, total_steps or t.max_steps, t.min_lr_ratio)
 
+    autocast = t.precision == "bf16-mixed"  # as DeepSpeed's torch_autocast: fp32 weights, a bf16 forward
+
     def step(batch: dict) -> dict:
-        out = model(batch)
+        with torch.autocast("cuda" if t.use_gpu else "cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(batch)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
@@ -123,6 +144,8 @@ def build_engine(model: nn.Module, train: TrainConfig):
     """
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if train.use_gpu else "cpu")
     import deepspeed
+
+    train = resolve_precision(train)
 
     if train.precision.startswith("bf16") and train.use_gpu and not torch.cuda.is_bf16_supported():
         log.warning("precision=%s but this GPU has no bf16 (pre-Ampere): training in fp16 with loss scaling",

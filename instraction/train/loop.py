@@ -30,7 +30,8 @@ import torch.distributed as dist
 from instraction.config import from_yaml
 from instraction.train import checkpoint as ckpt
 from instraction.train.batches import BatchStream, to_device
-from instraction.train.engine import build_engine, clip_plain_gradients, deepspeed_config, floating_dtype, is_plain
+from instraction.train.engine import (build_engine, clip_plain_gradients, deepspeed_config, floating_dtype, is_plain,
+                                     resolve_precision)
 from instraction.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Trainer:
 
         started = time.perf_counter()
         self.cfg = cfg = from_yaml(loop_config["config_yaml"])
+        cfg.train = resolve_precision(cfg.train)  # "auto" made concrete for this worker's device
         self.run_dir = loop_config["run_dir"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
@@ -182,7 +184,7 @@ class Trainer:
         import ray.train
 
         payload = {**metrics, **self._counters(), **self.phases.means_ms(), "torch_threads": torch.get_num_threads(),
-                   "step": self.state.step,
+                   "bf16_autocast": float(self.cfg.train.precision == "bf16-mixed"), "step": self.state.step,
                    "samples_seen": sum_over_ranks(self.state.samples_seen, self.device),
                    "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s}
         if not save:
