@@ -528,3 +528,5 @@ def test_attention_under_cpu_autocast_computes_in_fp32(mask):
     assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.abs().sum() > 0 for x in (q, k, v))
     plain = attention(q.detach().float(), k.detach().float(), v.detach().float(), allowed)  # no autocast: as SDPA
     assert plain.dtype == torch.float32 and torch.equal(plain, expected.detach())
+    wide = attention(q.detach().double(), k.detach().double(), v.detach().double(), allowed)  # never narrowed
+    assert wide.dtype == torch.float64 and torch.allclose(wide, expected.detach().double(), atol=1e-6)

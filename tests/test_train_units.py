@@ -104,7 +104,7 @@ def test_bf16_mixed_keeps_fp32_weights_and_autocasts_the_forward(tmp_path, proce
     the loop clips and checks gradients itself (the plain path)."""
     cfg = th.tiny_config(tmp_path, "train.zero_stage=0", "train.precision=bf16-mixed")
     ds = deepspeed_config(cfg.train)
-    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     assert not ds["bf16"]["enabled"] and is_plain(ds)
     seen = []
     engine, _ = build_engine(th.ToyModel(), cfg.train)
@@ -508,23 +508,47 @@ def test_cpu_workers_run_as_many_torch_threads_as_cpus_they_reserved():
 def test_auto_precision_is_bf16_mixed_only_where_the_cpu_has_bf16_units(tmp_path, monkeypatch, amx, avx512_bf16,
                                                                         expected):
     """precision=auto: bf16 autocast where the CPU computes bf16 natively (AMX or AVX512-BF16), fp32 where oneDNN
-    would emulate it; an explicit precision is kept as given. The worker, the plain loop and the engine resolve it."""
+    would emulate it; an explicit precision is kept as given; DeepSpeed's config is only built for a concrete one,
+    and on CPU its autocast reduces every gradient in fp32 (no lower-precision communication)."""
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     auto = th.tiny_config(tmp_path, "train.precision=auto").train
     assert engine.resolve_precision(auto).precision == expected
+    assert engine.resolve_precision(auto, native=not (amx or avx512_bf16)).precision != expected  # as told
     assert engine.resolve_precision(th.tiny_config(tmp_path, "train.precision=fp32").train).precision == "fp32"
+    with pytest.raises(ValueError, match="resolve"):
+        deepspeed_config(auto)
     ds = deepspeed_config(engine.resolve_precision(auto))
-    assert ds.get("torch_autocast", {}).get("enabled", False) == (expected == "bf16-mixed")
+    autocast = ds.get("torch_autocast", {})
+    assert autocast.get("enabled", False) == (expected == "bf16-mixed")
+    if autocast.get("enabled"):
+        assert autocast["lower_precision_safe_modules"] == []
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
-def test_plain_training_autocasts_the_forward_for_bf16_mixed(precision):
-    """The single-process update of the learn and train benchmarks trains as the workers do: under
-    bf16-mixed its forward runs in bf16 autocast while the weights stay fp32 and learn."""
+@pytest.mark.parametrize("natives,expected", [([True, True], "bf16-mixed"), ([True, False], "fp32")])
+def test_ranks_agree_on_auto_precision(tmp_path, natives, expected):
+    """Two gloo ranks, one of them on a CPU without bf16 units: both train in fp32 (ranks in different precisions
+    would bucket gradients differently and hang at mismatched collectives); both bf16-capable: both autocast."""
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(th.precision_on_ranks, args=(natives, port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / str(rank)).read_text() for rank in range(2)] == [expected, expected]
+
+
+@pytest.mark.parametrize("precision,native", [("fp32", True), ("bf16-mixed", False), ("auto", True),
+                                              ("auto", False)])
+def test_plain_training_autocasts_the_forward_for_bf16_mixed(monkeypatch, precision, native):
+    """The single-process update of the learn and train benchmarks trains as the workers do: under bf16-mixed
+    (asked for, or ``auto`` on a CPU with bf16 units) its forward runs in bf16 autocast while the weights stay
+    fp32 and learn."""
     from instraction.config import load_config
     from instraction.model.testing import make_dummy_batch
 
+    monkeypatch.setattr(engine, "native_bf16", lambda use_gpu: native)
+    bf16 = precision == "bf16-mixed" or (precision == "auto" and native)
     cfg = load_config(None, [f"train.precision={precision}"])
     model, step = engine.plain_training(cfg, total_steps=5)
     seen = []
@@ -532,6 +556,6 @@ def test_plain_training_autocasts_the_forward_for_bf16_mixed(precision):
     layer.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
     before = layer.weight.detach().clone()
     out = step(make_dummy_batch(cfg, model.text.token_embedding.num_embeddings, 4))
-    assert seen == [torch.bfloat16 if precision == "bf16-mixed" else torch.float32]
+    assert seen == [torch.bfloat16 if bf16 else torch.float32]
     assert torch.isfinite(out["loss"]) and layer.weight.dtype == torch.float32
     assert not torch.equal(layer.weight.detach(), before)

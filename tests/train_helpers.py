@@ -112,3 +112,24 @@ def short_on_rank1_collate(rows: dict) -> dict:
     if ray.train.get_context().get_world_rank() == 1:
         batch = {key: value[:-1] for key, value in batch.items()}
     return batch
+
+
+def precision_on_ranks(rank: int, natives: list[bool], port: int, out_dir: str) -> None:
+    """torch.multiprocessing.spawn target: rank ``rank`` of a gloo group whose CPU has bf16 units iff
+    ``natives[rank]`` resolves ``train.precision=auto`` with ``instraction.train.loop.agreed_precision`` and writes
+    the precision it got to ``out_dir/<rank>``."""
+    import os
+
+    import torch.distributed as dist
+
+    from instraction.train import loop
+
+    loop.native_bf16 = lambda use_gpu: natives[rank]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=len(natives))
+    try:
+        got = loop.agreed_precision(load_config(None, ["train.precision=auto"]).train, torch.device("cpu")).precision
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, str(rank)), "w") as f:
+        f.write(got)

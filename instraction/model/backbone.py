@@ -87,7 +87,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     matmuls; attention is a small share of the FLOPs, so on CPU it runs in fp32 and returns the input dtype.
     On GPUs the bf16 kernels are the fast ones and run as they are (docs/ARCHITECTURE.md, "Precision on CPU").
     """
-    if q.device.type == "cpu" and (q.dtype != torch.float32 or torch.is_autocast_enabled("cpu")):
+    if q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=attn_mask,
                                                  is_causal=is_causal)

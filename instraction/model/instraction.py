@@ -20,6 +20,7 @@ torch.distributed is initialised, the contrastive and distillation losses compar
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -43,13 +44,20 @@ __all__ = ["InstrActionModel", "build_model", "LOSS_TERMS"]
 LOSS_TERMS = ("contrastive", "distill", "dtw", "mam")
 
 
+def autocast_off(device_type: str):
+    """Autocast disabled for ``device_type`` (a no-op context where it has no autocast, e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class JointProjection(nn.Linear):
     """``nn.Linear`` into the joint space that computes in its weights' dtype under autocast: the embeddings every
     loss and the bench compare stay fp32 in a bf16-mixed run (a tiny matmul; the towers before it run in bf16).
     Parameter names are nn.Linear's, so checkpoints load as before."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
 
@@ -232,7 +240,7 @@ class InstrActionModel(nn.Module):
             verb_emb = self.text_proj(verb_state)
         # The losses (softmaxes over the global batch and the negatives, soft-DTW) run in fp32 under autocast: a
         # bf16 logit at temperature 0.07 is off by up to ~0.05, the size of a hard negative's margin late in training.
-        with torch.autocast(video_emb.device.type, enabled=False):
+        with autocast_off(video_emb.device.type):
             self._losses(out, diag, weights, video_emb, text_emb, scale, neg, neg_mask if use_negatives else None,
                          t_emb, has_teacher, s_proj, verb_emb, verb_count if use_verbs else None)
 

@@ -59,24 +59,35 @@ def config_path(train: TrainConfig) -> Path:
 
 
 def native_bf16(use_gpu: bool) -> bool:
-    """Whether this process's training device computes bf16 in hardware: a CUDA GPU with bf16 (Ampere on), or a
-    CPU with AMX tiles or AVX512-BF16 (oneDNN's bf16 convolutions and matmuls; elsewhere oneDNN emulates them)."""
+    """Whether this process's training device computes bf16 in hardware: a CUDA GPU with bf16 (Ampere on; not
+    counting torch's emulation on older GPUs), or a CPU with AMX tiles or AVX512-BF16 (oneDNN's bf16 convolutions
+    and matmuls; elsewhere oneDNN emulates them). Measured only on an AMX Xeon (README, session 11)."""
     if use_gpu:
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     probes = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
     return any(probe() for probe in probes if probe is not None)
 
 
-def resolve_precision(train: TrainConfig) -> TrainConfig:
-    """``train`` with ``precision: auto`` made concrete for this process's hardware: ``bf16-mixed`` where
-    :func:`native_bf16`, else ``fp32``. Other precisions are returned as they are."""
-    if train.precision != "auto":
-        return train
-    return dataclasses.replace(train, precision="bf16-mixed" if native_bf16(train.use_gpu) else "fp32")
+def resolve_precision(train: TrainConfig, native: bool | None = None) -> TrainConfig:
+    """``train`` with the precision this process trains in: ``auto`` becomes ``bf16-mixed`` where the device
+    computes bf16 natively (``native``, default :func:`native_bf16`; the workers pass what every rank agrees on),
+    else ``fp32``; bf16 asked of a GPU without it becomes fp16 with loss scaling. Others are returned as they are."""
+    if train.precision == "auto":
+        native = native_bf16(train.use_gpu) if native is None else native
+        return dataclasses.replace(train, precision="bf16-mixed" if native else "fp32")
+    if train.precision.startswith("bf16") and train.use_gpu and torch.cuda.is_available() \
+            and not native_bf16(use_gpu=True):
+        log.warning("precision=%s but this GPU has no bf16 (pre-Ampere): training in fp16 with loss scaling",
+                    train.precision)
+        return dataclasses.replace(train, precision="fp16")
+    return train
 
 
 def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
-    """The DeepSpeed JSON for ``train.zero_stage`` (or ``train.deepspeed_config``) with the run's values set."""
+    """The DeepSpeed JSON for ``train.zero_stage`` (or ``train.deepspeed_config``) with the run's values set.
+    ``train.precision`` must be concrete (:func:`resolve_precision`)."""
+    if train.precision == "auto":
+        raise ValueError("train.precision=auto must be resolved for this device first (resolve_precision)")
     cfg = json.loads(config_path(train).read_text())
     cfg["train_micro_batch_size_per_gpu"] = train.batch_size
     cfg["gradient_accumulation_steps"] = 1
@@ -84,8 +95,12 @@ def deepspeed_config(train: TrainConfig) -> dict[str, Any]:
     cfg["gradient_clipping"] = train.grad_clip
     cfg["bf16"] = {**cfg.get("bf16", {}), "enabled": train.precision == "bf16"}
     cfg["fp16"] = {**cfg.get("fp16", {}), "enabled": train.precision == "fp16"}
-    if train.precision == "bf16-mixed":  # fp32 weights, gradients and optimizer; the forward runs under autocast
+    if train.precision == "bf16-mixed":  # fp32 weights and optimizer; the forward runs under autocast
         cfg["torch_autocast"] = {**cfg.get("torch_autocast", {}), "enabled": True, "dtype": "bfloat16"}
+        if not train.use_gpu:
+            # DeepSpeed reduces Linear/Conv gradients in bf16 under autocast (half the bytes, for GPU clusters); on
+            # gloo the model's few MB cost nothing to send in fp32, so no gradient is rounded across ranks
+            cfg["torch_autocast"].setdefault("lower_precision_safe_modules", [])
     cfg.setdefault("zero_optimization", {}).setdefault("stage", train.zero_stage)
     if is_plain(cfg):
         cfg["gradient_clipping"] = 0.0  # the loop clips: DeepSpeed's fp32 clip breaks on 0-dim parameters (0.19)
@@ -146,11 +161,6 @@ def build_engine(model: nn.Module, train: TrainConfig):
     import deepspeed
 
     train = resolve_precision(train)
-
-    if train.precision.startswith("bf16") and train.use_gpu and not torch.cuda.is_bf16_supported():
-        log.warning("precision=%s but this GPU has no bf16 (pre-Ampere): training in fp16 with loss scaling",
-                    train.precision)
-        train = dataclasses.replace(train, precision="fp16")
 
     groups = param_groups(model, train.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)

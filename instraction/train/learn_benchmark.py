@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from instraction.config import EMBEDDED_DEFAULT, Config, load_config, to_dict
+from instraction.train.engine import resolve_precision
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         tic = time.perf_counter()
         model, run = train_in_process(cfg, rows, args.steps, log=lambda line: print(line, flush=True))
         result = {"overrides": args.overrides, "seed": seed, "steps": args.steps, "rows": len(rows),
+                  "precision": resolve_precision(cfg.train).precision,
                   **{k: round(v, 2) if isinstance(v, float) else v for k, v in score(cfg, model).items()},
                   "s_per_step": round(run["s_per_step"], 4), "seconds": round(time.perf_counter() - tic, 1),
                   "last_losses": run["last_losses"]}

@@ -31,7 +31,7 @@ from instraction.config import from_yaml
 from instraction.train import checkpoint as ckpt
 from instraction.train.batches import BatchStream, to_device
 from instraction.train.engine import (build_engine, clip_plain_gradients, deepspeed_config, floating_dtype, is_plain,
-                                     resolve_precision)
+                                     native_bf16, resolve_precision)
 from instraction.train.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,11 @@ class Trainer:
 
         started = time.perf_counter()
         self.cfg = cfg = from_yaml(loop_config["config_yaml"])
-        cfg.train = resolve_precision(cfg.train)  # "auto" made concrete for this worker's device
         self.run_dir = loop_config["run_dir"]
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+        cfg.train = agreed_precision(cfg.train, self.device)  # what this run trains in, reported as bf16_autocast
         torch.set_num_threads(worker_threads(cfg.train.cpus_per_worker))
 
         from instraction.data.tokenizer import build_tokenizer
@@ -225,6 +225,16 @@ def worker_threads(cpus_per_worker: float) -> int:
 def batch_rows(batch: dict) -> int:
     """Rows of a collated batch (the leading dimension of its first tensor)."""
     return next(len(v) for v in batch.values() if torch.is_tensor(v))
+
+
+def agreed_precision(train, device: torch.device):
+    """``train`` with its precision resolved (``engine.resolve_precision``), ``auto`` by every rank together:
+    bf16 autocast only if every rank's device computes bf16 natively, since ranks in different precisions would
+    bucket their gradients differently and their collectives would not match (collective when ``auto``)."""
+    native = None
+    if train.precision == "auto" and dist.is_initialized():
+        native = sum_over_ranks(int(native_bf16(train.use_gpu)), device) == dist.get_world_size()
+    return resolve_precision(train, native)
 
 
 def sum_over_ranks(count: int, device: torch.device) -> int:

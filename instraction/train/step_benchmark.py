@@ -81,8 +81,11 @@ def load_run_config(ns: argparse.Namespace, device: torch.device):
     path = ns.config or (None if ns.tiny else PAPER_CONFIG)
     if ns.tiny and path is None:
         path = Path(__file__).resolve().parents[2] / "configs" / "default.yaml"
+    from instraction.train.engine import resolve_precision
+
     overrides = ["model.pretrained.path=null", f"train.use_gpu={device.type == 'cuda'}", *ns.overrides]
-    return load_config(path, overrides)
+    cfg = load_config(path, overrides)
+    return replace(cfg, train=resolve_precision(cfg.train))  # rows name the precision measured, never "auto"
 
 
 def vocab_size(cfg) -> int:
@@ -111,6 +114,9 @@ def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: in
     """Build, warm up and time one (backend, ZeRO stage, precision, batch) configuration; OOM is a result."""
     from instraction.model.flops import TRAIN_FACTOR, forward_flops
 
+    from instraction.train.engine import resolve_precision
+
+    precision = resolve_precision(replace(cfg.train, precision=precision)).precision
     name = config_name(backend, zero, precision, batch_size)
     cfg = with_backend(cfg, backend)
     cfg = replace(cfg, train=replace(cfg.train, zero_stage=zero, precision=precision, batch_size=batch_size))
