@@ -16,8 +16,8 @@ seen in training):
     split), Semantic R@1 is at least twice the static control's.
 Measured on this config (README): Semantic R@1 66.8 / 64.8 / 67.9 over seeds 0-2 in fp32 (mean 66.5, std 1.6: the
 bar is ~10 standard deviations below), static 0.5-1.2; Logic 97.4-98.2. With bf16 autocast (`train.precision: auto`
-on a CPU with bf16 units) ~2 points lower: 63.2 end to end, 59.9-65.1 in one process. At 1000 steps the spread was 51.3-62.3 (std 4.9),
-too close to the bar for a CI gate; 600 steps reach Semantic ~33.
+on a CPU with bf16 units) ~2 points lower: 63.2 end to end, 59.9-65.1 in one process. At 1000 steps the spread
+was 51.3-62.3 (std 4.9), too close to the bar for a CI gate; 600 steps reach Semantic ~33.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = Non
     torch's CPU flash-attention backward is ~15x slower in bf16 than in fp32 at these head sizes (17 ms against
     1.2 ms a call, batch 64 of the embedded default), which undid bf16 autocast's gain on the convolutions and
     matmuls; attention is a small share of the FLOPs, so on CPU it runs in fp32 and returns the input dtype.
-    On GPUs the bf16 kernels are the fast ones and run as they are (docs/ARCHITECTURE.md, "Precision on CPU").
+    On GPUs the bf16 kernels are the fast ones and run as they are (docs/ARCHITECTURE.md, "Precision").
     """
     if q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16) or torch.is_autocast_enabled("cpu")):
         with torch.autocast("cpu", enabled=False):

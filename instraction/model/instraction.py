@@ -166,34 +166,6 @@ class InstrActionModel(nn.Module):
                 pooled[i] = part
         return pooled
 
-    def _losses(self, out: dict, diag: dict, weights: dict, video_emb, text_emb, scale, neg, neg_mask, t_emb,
-                has_teacher, s_proj, verb_emb, verb_count) -> None:
-        """The contrastive, distillation and DTW-Align terms into ``out`` / ``diag`` (``forward`` calls it with
-        autocast off; every loss casts its inputs to fp32)."""
-        cfg = self.loss_cfg
-        # Both losses compare the global batch's clips and captions: one all-gather for all their features
-        gathered = {}
-        if weights["contrastive"] > 0 and t_emb is not None:
-            gathered = gather_for_both(video_emb, text_emb, t_emb, has_teacher, cfg.gather_with_grad)
-        if weights["contrastive"] > 0:
-            out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg, neg_mask,
-                                                            gathered.get("contrastive"))
-            if neg is not None:
-                diag["hn_margin"], diag["hn_fraction"] = hard_negative_margin(video_emb, text_emb, neg, neg_mask)
-        if weights["distill"] > 0:
-            student, teacher_ce = self.distill_loss.terms(video_emb, t_emb, text_emb, scale, has_teacher,
-                                                          gathered.get("distill"))
-            out["distill_loss"] = student + cfg.distill_teacher_weight * teacher_ce
-            diag.update(distill_student=student, distill_teacher_ce=teacher_ce,
-                        teacher_fraction=has_teacher.float().mean())
-        if weights["dtw"] > 0:
-            align, order, valid = self.dtw_loss.terms(s_proj, verb_emb, verb_count)
-            w = valid.to(align.dtype)
-            n = w.sum().clamp(min=1.0)
-            out["dtw_loss"] = ((align + order) * w).sum() / n
-            diag.update(dtw_align=(align * w).sum() / n, dtw_order=(order * w).sum() / n,
-                        dtw_fraction=valid.float().mean())
-
     # ------------------------------------------------------------------------------------------------- forward
     def forward(self, batch: dict) -> dict:
         """batch per the batch contract (docs/ARCHITECTURE.md) -> dict of 0-dim tensors:
@@ -241,8 +213,29 @@ class InstrActionModel(nn.Module):
         # The losses (softmaxes over the global batch and the negatives, soft-DTW) run in fp32 under autocast: a
         # bf16 logit at temperature 0.07 is off by up to ~0.05, the size of a hard negative's margin late in training.
         with autocast_off(video_emb.device.type):
-            self._losses(out, diag, weights, video_emb, text_emb, scale, neg, neg_mask if use_negatives else None,
-                         t_emb, has_teacher, s_proj, verb_emb, verb_count if use_verbs else None)
+            # Both losses compare the global batch's clips and captions: one all-gather for all their features
+            gathered = {}
+            if weights["contrastive"] > 0 and t_emb is not None:
+                gathered = gather_for_both(video_emb, text_emb, t_emb, has_teacher, cfg.gather_with_grad)
+            if weights["contrastive"] > 0:
+                out["contrastive_loss"] = self.contrastive_loss(video_emb, text_emb, scale, neg,
+                                                                neg_mask if use_negatives else None,
+                                                                gathered.get("contrastive"))
+                if neg is not None:
+                    diag["hn_margin"], diag["hn_fraction"] = hard_negative_margin(video_emb, text_emb, neg, neg_mask)
+            if weights["distill"] > 0:
+                student, teacher_ce = self.distill_loss.terms(video_emb, t_emb, text_emb, scale, has_teacher,
+                                                              gathered.get("distill"))
+                out["distill_loss"] = student + cfg.distill_teacher_weight * teacher_ce
+                diag.update(distill_student=student, distill_teacher_ce=teacher_ce,
+                            teacher_fraction=has_teacher.float().mean())
+            if weights["dtw"] > 0:
+                align, order, valid = self.dtw_loss.terms(s_proj, verb_emb, verb_count)
+                w = valid.to(align.dtype)
+                n = w.sum().clamp(min=1.0)
+                out["dtw_loss"] = ((align + order) * w).sum() / n
+                diag.update(dtw_align=(align * w).sum() / n, dtw_order=(order * w).sum() / n,
+                            dtw_fraction=valid.float().mean())
 
         if weights["mam"] > 0:
             # mam_ids is the caption with its action tokens masked: same length and padding as text_ids.

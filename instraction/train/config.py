@@ -37,7 +37,7 @@ class TrainConfig:
     """fp32 | bf16 (weights and gradients in bf16, DeepSpeed's bf16 optimizer) | bf16-mixed (fp32 weights, bf16
     compute under torch autocast) | fp16 (needs a GPU) | auto (bf16-mixed where the worker's device computes bf16
     natively: a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16; fp32 elsewhere, where bf16 is emulated and
-    slower. Resolved in each worker, ``train.engine.resolve_precision``)."""
+    slower. Resolved by the workers together, ``train.loop.agreed_precision``: bf16 only if every rank has it)."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage 0-3: the engine config is configs/deepspeed/zero{stage}.json unless deepspeed_config
     is set."""

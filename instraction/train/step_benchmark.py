@@ -113,7 +113,6 @@ def measure_config(cfg, vocab: int, device: torch.device, backend: str, zero: in
                    peak_tflops: float | None) -> dict[str, Any]:
     """Build, warm up and time one (backend, ZeRO stage, precision, batch) configuration; OOM is a result."""
     from instraction.model.flops import TRAIN_FACTOR, forward_flops
-
     from instraction.train.engine import resolve_precision
 
     precision = resolve_precision(replace(cfg.train, precision=precision)).precision
