@@ -46,8 +46,9 @@ class TrainConfig:
     checkpoint_every: int = 100
     """Steps between checkpoints (each one is a ray.train.report with a Checkpoint)."""
     report_every: int = 25
-    """Steps between metric-only ray.train.report calls. Each waits for the controller's next poll
-    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S: 2 s by Ray's default, 0.1 s as instraction/cluster.py sets it)."""
+    """Steps between metric-only ray.train.report calls. A report waits while the previous one is still unread by
+    the controller, which polls every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (1 s as instraction/cluster.py sets it):
+    keep reports at least that far apart."""
     num_to_keep: int = 2
     """Checkpoints kept in storage (Ray Train CheckpointConfig); the oldest are deleted."""
     max_failures: int = 1
