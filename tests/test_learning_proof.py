@@ -6,18 +6,18 @@ Bench -> Ray Train + DeepSpeed on 2 CPU workers, 1200 steps -> evaluation) must 
 configs/default.yaml as `python jobs/pretrain.py` runs it (only the directories, and the CPU reservations that
 let it share the test session's 2-CPU Ray, differ). Issue 8's bars, on the held-out bench (source videos never
 seen in training):
-  * InstrAct-Semantic R@1 >= 50 (chance 10), and the same model fed one random frame repeated (the static control:
-    no motion, every object cue still there) scores at most half of it. (A model that cannot see the verbs scores
+  * InstrAct-Semantic R@1 >= 65 (chance 10; issue 8 asked 50), and the same model fed one random frame repeated
+    (the static control: no motion, every object cue still there) scores at most half of it. (A model that cannot see the verbs scores
     ~1-2%, under chance: the positive sits in the middle of its 9 one-verb edits and has to beat every one.)
   * InstrAct-Logic ACC >= 60 (chance ~29) and 10 points above the static control, which gets ~40-55% from the
     text alone (an order swap moves pronoun phrases like "whisk it" ahead of their antecedent);
   * shuffling the frames costs Semantic R@1 (the temporal gap is positive);
   * on clips with a verb-object pair that no training clip shows (SynthKitchen keeps ~20% of the pairs to the bench
-    split), Semantic R@1 is at least twice the static control's.
-Measured on this config (README): Semantic R@1 66.8 / 64.8 / 67.9 over seeds 0-2 in fp32 (mean 66.5, std 1.6: the
-bar is ~10 standard deviations below), static 0.5-1.2; Logic 97.4-98.2. With bf16 autocast (`train.precision: auto`
-on a CPU with bf16 units) ~2 points lower: 63.2 end to end, 59.9-65.1 in one process. At 1000 steps the spread
-was 51.3-62.3 (std 4.9), too close to the bar for a CI gate; 600 steps reach Semantic ~33.
+    split), Semantic R@1 is at least twice the static control's and at most 20 points under the seen pairs'.
+Measured on this config (README, session 12): Semantic R@1 83.4 end to end (seen / unseen pairs 87.4 / 79.6), 79.1-83.0
+over seeds 0-2 in one process (mean 81.2, std 1.8: the bar of 65 is ~9 standard deviations below), unseen pairs 2-11
+points under seen ones; static 0.5-1.2; Logic 98-98.8. Without object-word dropout (data.augment.object_dropout, the
+previous default) the model scored 63-66 with unseen pairs 19-22 points under seen ones: the gap bar guards it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-SEMANTIC_MIN = 50.0
+SEMANTIC_MIN = 65.0
+MAX_UNSEEN_GAP = 20.0
 
 
 def test_default_run_learns_motion_not_objects(tmp_path, ray_local):
@@ -61,3 +62,4 @@ def test_default_run_learns_motion_not_objects(tmp_path, ray_local):
           f"({comp['questions']}); static unseen {static_comp['unseen']['R@1']:.1f}")
     assert comp["questions"]["unseen"] >= 50 and comp["questions"]["seen"] >= 50
     assert comp["unseen"]["R@1"] >= 2 * max(static["semantic"]["R@1"], static_comp["unseen"]["R@1"])
+    assert comp["seen"]["R@1"] - comp["unseen"]["R@1"] <= MAX_UNSEEN_GAP

@@ -124,10 +124,16 @@ class AugmentConfig:
     """Probability of mirroring a clip left-right."""
     max_shift: int = 0
     """Translate a clip by up to this many pixels in x and y (uniform, edges replicated); 0: off."""
+    object_dropout: float = 0.0
+    """Probability that a clip's object words become the tokenizer's unknown token in all of its texts (caption,
+    hard negatives, verb phrases, MAM input): the verb then has to carry the match on its own, as it must for a
+    verb-object pair no training clip shows (README, "Unseen verb-object pairs"). The object words are the last
+    word of each verb phrase (verb + object, as SynthKitchen and the curation backends write them)."""
 
     def validate(self, path: str) -> None:
         check_range(f"{path}.hflip", self.hflip, 0.0, 1.0)
         check_range(f"{path}.max_shift", self.max_shift, 0, None)
+        check_range(f"{path}.object_dropout", self.object_dropout, 0.0, 1.0)
 
     @property
     def enabled(self) -> bool:

@@ -13,6 +13,7 @@ action tokens); optional ``key`` list[str].
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -62,6 +63,8 @@ def collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], data: DataCo
     video = cols["video"]
     if rng is not None and data.augment.enabled:
         video = augment_clips(video, rng, data.augment.hflip, data.augment.max_shift)
+    if rng is not None and data.augment.object_dropout > 0:
+        cols = drop_object_words(cols, data.augment.object_dropout, rng, *object_dropout_tokens(data.tokenizer))
     out: dict[str, Any] = {"video": normalise_video(video, data)}
     for name in _LONG:
         out[name] = torch.from_numpy(np.array(cols[name], dtype=np.int64))
@@ -74,6 +77,54 @@ def collate(batch: Mapping[str, Any] | Sequence[Mapping[str, Any]], data: DataCo
     if include_keys and "key" in cols:
         out["key"] = [str(k) for k in cols["key"]]
     return out
+
+
+_TEXT_COLUMNS = ("text_ids", "neg_ids", "verb_ids", "mam_ids")
+
+
+def drop_object_words(cols: Mapping[str, Any], p: float, rng: np.random.Generator, replacement: int,
+                      specials: Sequence[int] = ()) -> dict:
+    """``data.augment.object_dropout``: with probability ``p`` per clip, every occurrence of the clip's object
+    tokens (the last word of each of its verb phrases of two or more words; ``specials``, the tokenizer's begin /
+    end tokens, are not words) in its caption, hard negatives, verb phrases and MAM input becomes ``replacement``.
+    Lengths, masks and MAM labels are unchanged."""
+    count = np.asarray(cols["verb_count"]).reshape(-1)
+    picked = np.flatnonzero(rng.random(len(count)) < p)
+    if picked.size == 0:
+        return dict(cols)
+    verb_ids = np.asarray(cols["verb_ids"])
+    words = np.asarray(cols["verb_mask"], dtype=bool) & ~np.isin(verb_ids, np.asarray(specials, dtype=verb_ids.dtype))
+    lengths = words.sum(-1)  # [B,M] words per phrase
+    last_word = words.shape[-1] - 1 - np.argmax(words[..., ::-1], axis=-1)  # [B,M] position of the last word
+    last = np.take_along_axis(verb_ids, last_word[..., None], -1)[..., 0]
+    phrase = (np.arange(verb_ids.shape[1])[None] < count[:, None]) & (lengths >= 2)
+    out = dict(cols)
+    for name in _TEXT_COLUMNS:
+        out[name] = np.array(cols[name], copy=True)
+    for row in picked:
+        objects = np.unique(last[row][phrase[row]])
+        if objects.size:
+            for name in _TEXT_COLUMNS:
+                values = out[name][row]
+                values[np.isin(values, objects)] = replacement
+    return out
+
+
+@lru_cache(maxsize=4)
+def object_dropout_tokens(tokenizer: str) -> tuple[int, tuple[int, ...]]:
+    """(the unknown token that ``drop_object_words`` writes, the begin / end tokens it skips) of ``data.tokenizer``."""
+    from instraction.data.tokenizer import build_tokenizer
+
+    tok = build_tokenizer(tokenizer)
+    unk = getattr(tok, "unk_id", None)
+    if unk is None:  # a transformers tokenizer (HFTokenizer.tok)
+        unk = getattr(getattr(tok, "tok", None), "unk_token_id", None)
+    ids, mask = tok([""], 8)  # an empty text is just the tokenizer's begin / end tokens
+    specials = tuple(int(i) for i in ids[0][mask[0].bool()])
+    if unk is None or int(unk) in (*specials, int(tok.pad_id)):  # CLIP's unknown token is its end token
+        raise ValueError(f"data.augment.object_dropout needs an unknown token apart from the begin, end and pad "
+                         f"tokens; the tokenizer {tokenizer!r} has none")
+    return int(unk), specials
 
 
 try:  # Ray >= 2.47 wants a callable class for custom collation (run in its prefetch threads).
@@ -91,6 +142,8 @@ class Collate(_CollateBase):
     def __init__(self, data: DataConfig, include_keys: bool = False, augment_seed: Optional[int | Sequence[int]] = None):
         self.data, self.include_keys = data, include_keys
         self.rng = np.random.default_rng(augment_seed) if augment_seed is not None else None
+        if self.rng is not None and data.augment.object_dropout > 0:
+            object_dropout_tokens(data.tokenizer)  # a tokenizer without a usable unknown token fails here, at start
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         return collate(batch, self.data, self.include_keys, self.rng)

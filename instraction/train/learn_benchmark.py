@@ -50,12 +50,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _rows_key(cfg: Config) -> str:
-    """What the decoded training rows depend on: the data section, the split, the seed that picks each clip's
-    negatives, and the annotation files (a re-curated table is a new cache)."""
+    """What the decoded training rows depend on: the data section (less ``augment``, which the collate applies
+    later), the split, the seed that picks each clip's negatives, and the annotation files (a re-curated table is
+    a new cache)."""
     annotations = Path(cfg.data.annotations)
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in annotations.glob("*.parquet")) \
         if annotations.is_dir() else []
-    blob = json.dumps([to_dict(cfg)["data"], cfg.bench.holdout_fraction, cfg.bench.seed, cfg.run.seed, files],
+    data = {k: v for k, v in to_dict(cfg)["data"].items() if k != "augment"}
+    blob = json.dumps([data, cfg.bench.holdout_fraction, cfg.bench.seed, cfg.run.seed, files],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
