@@ -7,8 +7,9 @@ configs/default.yaml as `python jobs/pretrain.py` runs it (only the directories,
 let it share the test session's 2-CPU Ray, differ). Issue 8's bars, on the held-out bench (source videos never
 seen in training):
   * InstrAct-Semantic R@1 >= 65 (chance 10; issue 8 asked 50), and the same model fed one random frame repeated
-    (the static control: no motion, every object cue still there) scores at most half of it. (A model that cannot see the verbs scores
-    ~1-2%, under chance: the positive sits in the middle of its 9 one-verb edits and has to beat every one.)
+    (the static control: no motion, every object cue still there) scores at most half of it. (A model that cannot
+    see the verbs scores ~1-2%, under chance: the positive sits in the middle of its 9 one-verb edits and has to
+    beat every one.)
   * InstrAct-Logic ACC >= 60 (chance ~29) and 10 points above the static control, which gets ~40-55% from the
     text alone (an order swap moves pronoun phrases like "whisk it" ahead of their antecedent);
   * shuffling the frames costs Semantic R@1 (the temporal gap is positive);

@@ -95,3 +95,18 @@ def test_training_collate_drops_objects_and_evaluation_collate_does_not():
     assert not (Collate(cfg.data)(rows)["text_ids"] == unk).any()
     with pytest.raises(ConfigError, match="data.augment.object_dropout"):
         load_config(None, ["data.augment.object_dropout=1.5"])
+
+
+def test_a_tokenizer_whose_unknown_token_is_its_end_token_is_refused_at_start(tmp_path):
+    import json
+
+    from transformers import CLIPTokenizer
+
+    words = ["<|startoftext|>", "<|endoftext|>", "a</w>", "b</w>", "a", "b"]  # CLIP's unk is <|endoftext|>
+    (tmp_path / "vocab.json").write_text(json.dumps({w: i for i, w in enumerate(words)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")).save_pretrained(tmp_path / "tok")
+    cfg = load_config(None, ["data.augment.object_dropout=0.5", f"data.tokenizer={tmp_path / 'tok'}"])
+    with pytest.raises(ValueError, match="unknown token apart from the begin, end and pad"):
+        Collate(cfg.data, augment_seed=(0, 0, 0))
+    Collate(cfg.data)  # evaluation collates never drop words

@@ -116,9 +116,7 @@ def object_dropout_tokens(tokenizer: str) -> tuple[int, tuple[int, ...]]:
     from instraction.data.tokenizer import build_tokenizer
 
     tok = build_tokenizer(tokenizer)
-    unk = getattr(tok, "unk_id", None)
-    if unk is None:  # a transformers tokenizer (HFTokenizer.tok)
-        unk = getattr(getattr(tok, "tok", None), "unk_token_id", None)
+    unk = tok.unk_id
     ids, mask = tok([""], 8)  # an empty text is just the tokenizer's begin / end tokens
     specials = tuple(int(i) for i in ids[0][mask[0].bool()])
     if unk is None or int(unk) in (*specials, int(tok.pad_id)):  # CLIP's unknown token is its end token

@@ -27,6 +27,7 @@ class Tokenizer(Protocol):
     vocab_size: int
     pad_id: int
     mask_id: int
+    unk_id: int | None
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
@@ -109,6 +110,7 @@ class HFTokenizer:
         self.vocab_size = len(self.tok)
         self.pad_id = self.tok.pad_token_id
         self.mask_id = self.tok.mask_token_id
+        self.unk_id = self.tok.unk_token_id  # None where the tokenizer has none; CLIP's is its end token
 
     def __call__(self, texts: Sequence[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tok(list(texts), max_length=max_len, truncation=True, padding="max_length", return_tensors="pt")
