@@ -125,6 +125,24 @@ def test_resumed_run_continues_with_identical_weights(tmp_path, dataset, uninter
     assert steps == sorted([*range(1, 6), *range(EVERY + 1, STEPS + 1)])
 
 
+def test_cached_split_run_resumes_with_identical_weights(tmp_path, dataset, mlflow_db):
+    """data.worker_cache: each worker reads its split once and permutes it per epoch. A run that dies after step 6
+    and is fitted again resumes at step 4 (without reading anything twice) and ends with the weights of the same
+    run uninterrupted."""
+    cached = ("data.worker_cache=true", "train.zero_stage=0", "run.seed=3")
+    straight = train(zero2(tmp_path / "a", mlflow_db, *cached), tmp_path / "a" / "run", dataset)
+    assert straight["steps"] == STEPS and straight["metrics"]["cache_fill_s"] > 0
+    assert straight["data_accounting"]["train"]["samples_seen"] == STEPS * 2 * 4
+    cfg = zero2(tmp_path / "b", mlflow_db, *cached, "train.fail_at_step=6")
+    with pytest.raises(ray.train.TrainingFailedError):
+        train(cfg, tmp_path / "b" / "run", dataset)
+    resumed = train(cfg, tmp_path / "b" / "run", dataset)
+    assert resumed["steps"] == STEPS and resumed["metrics"]["resume_skip_s"] == 0
+    expected, got = load_file(straight["weights"]), load_file(resumed["weights"])
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
 def test_worker_failure_is_restarted_from_last_checkpoint(tmp_path, dataset, uninterrupted, mlflow_db):
     """FailureConfig(max_failures=1): rank 0 dies once at step 6; the group restarts from step 4 and completes."""
     cfg = zero2(tmp_path, mlflow_db, "train.fail_at_step=6", "train.max_failures=1")

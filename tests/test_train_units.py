@@ -158,6 +158,30 @@ def test_no_weight_decay_on_biases_norms_embeddings_and_scalars():
     assert len(no_decay["params"]) == 5  # proj.bias, norm weight+bias, embedding, logit_scale
 
 
+def test_adamw_is_fused_where_torch_has_the_kernel_and_updates_as_the_loop_does(tmp_path):
+    train = th.tiny_config(tmp_path, "train.lr=0.01", "train.weight_decay=0.1").train
+
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 1))
+
+    fused_model, loop_model = model(), model()
+    fused = engine.adamw(param_groups(fused_model, 0.1), train)
+    loop = torch.optim.AdamW(param_groups(loop_model, 0.1), lr=0.01, betas=tuple(train.betas))
+    assert fused.defaults["fused"] and not loop.defaults.get("fused")
+    assert fused.defaults["betas"] == tuple(train.betas) and fused.param_groups[0]["weight_decay"] == 0.1
+    x = torch.randn(16, 6)
+    for _ in range(5):
+        for m, opt in ((fused_model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    half = torch.nn.Linear(2, 2).half()  # fp16 parameters: the per-tensor loop
+    assert not engine.adamw(param_groups(half, 0.0), train).defaults.get("fused")
+
+
 # ------------------------------------------------------------------------------------------------ engine + checkpoint
 @pytest.fixture(scope="module")
 def process_group():
@@ -319,12 +343,47 @@ def test_seeded_shuffle_is_reproducible_per_epoch(rows_iterator):
 
 
 @pytest.mark.integration
+def test_cached_stream_reads_once_and_permutes_every_epoch(rows_iterator):
+    stream = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=3, rank=1)
+    ids = _ids(stream, 10)
+    epochs = [sorted(sum(ids[i:i + 5], [])) for i in (0, 5)]
+    assert all(len(e) == 20 and len(set(e)) == 20 and set(e) <= set(range(22)) for e in epochs)  # full batches
+    assert ids[:5] != ids[5:]  # each epoch its own permutation
+    assert stream.cache_fill_s > 0 and (stream.epoch, stream.batch_in_epoch) == (1, 5)
+    again = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=3, rank=1)
+    assert _ids(again, 10) == ids  # seeded by (seed, rank, epoch)
+    other_rank = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=3, rank=0)
+    assert _ids(other_rank, 5) != ids[:5]
+
+
+@pytest.mark.integration
+def test_cached_stream_resumes_exactly_without_rereading(rows_iterator):
+    straight = _ids(BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1), 12)
+    resumed = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1, epoch=1, batch_in_epoch=2)
+    assert _ids(resumed, 5) == straight[7:12] and resumed.resume_skip_s == 0
+    at_end = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1, epoch=0, batch_in_epoch=5)
+    assert _ids(at_end, 2) == straight[5:7]  # a checkpoint after an epoch's last batch resumes at the next epoch
+    too_far = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1, batch_in_epoch=6)
+    with pytest.raises(RuntimeError, match="cannot resume at batch 6"):
+        next(iter(too_far))
+
+
+@pytest.mark.integration
+def test_cached_stream_refuses_a_split_over_its_memory_limit(rows_iterator):
+    stream = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, cache_max_gib=1e-7)  # ~107 bytes
+    with pytest.raises(RuntimeError, match="outgrows the worker cache"):
+        next(iter(stream))
+
+
+@pytest.mark.integration
 def test_stream_refuses_a_split_smaller_than_a_batch(ray_local):
     import ray.data
 
-    stream = BatchStream(ray.data.from_items(th.toy_rows(3)).iterator(), 4, th.toy_collate, prefetch=0)
-    with pytest.raises(RuntimeError, match="no full batch"):
-        next(iter(stream))
+    for cache in (False, True):
+        stream = BatchStream(ray.data.from_items(th.toy_rows(3)).iterator(), 4, th.toy_collate, prefetch=0,
+                             cache=cache)
+        with pytest.raises(RuntimeError, match="no full batch"):
+            next(iter(stream))
 
 
 # ------------------------------------------------------------------------------------------------ tracking

@@ -209,6 +209,14 @@ class DataConfig:
     """Batches each training worker prefetches (collation runs in Ray's background threads)."""
     shuffle_buffer: int = 0
     """Rows in each training worker's local shuffle buffer (0: none; shard order is always shuffled)."""
+    worker_cache: bool = False
+    """Each training worker reads its split once into its own memory (numpy rows, not yet collated) and draws every
+    epoch as a permutation of them seeded by (run.seed, rank, epoch), collated in the training loop: no Ray Data
+    iterator thread runs beside the step, and a resume starts at its batch without reading anything again.
+    ``shuffle_buffer`` and ``prefetch_batches`` then do not apply. For splits that fit (SynthKitchen: ~25 MB a
+    worker); HowTo100M streams."""
+    worker_cache_max_gib: float = 4.0
+    """A split larger than this in one worker's cache stops the run with an error instead of exhausting memory."""
     materialize: bool = False
     """Decode the training split once into Ray's object store and iterate that every epoch (data that fits, like
     SynthKitchen); off streams every epoch (HowTo100M). Rows are the same either way."""
@@ -233,6 +241,7 @@ class DataConfig:
         check_range(f"{path}.max_negatives", self.max_negatives, 0, 256)
         check_range(f"{path}.prefetch_batches", self.prefetch_batches, 0, 64)
         check_range(f"{path}.shuffle_buffer", self.shuffle_buffer, 0, None)
+        check_range(f"{path}.worker_cache_max_gib", self.worker_cache_max_gib, 0.0, None)
         check_range(f"{path}.frames_quality", self.frames_quality, 0, 100)
         check_choice(f"{path}.frames_subsampling", self.frames_subsampling, ["444", "422", "420"])
         if len(self.mean) != 3 or len(self.std) != 3:

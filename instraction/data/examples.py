@@ -98,15 +98,14 @@ def drop_object_words(cols: Mapping[str, Any], p: float, rng: np.random.Generato
     last_word = words.shape[-1] - 1 - np.argmax(words[..., ::-1], axis=-1)  # [B,M] position of the last word
     last = np.take_along_axis(verb_ids, last_word[..., None], -1)[..., 0]
     phrase = (np.arange(verb_ids.shape[1])[None] < count[:, None]) & (lengths >= 2)
+    objects = np.where(phrase, last, -1)[picked]  # [P,M] the picked clips' object tokens, -1 where none (no token id)
     out = dict(cols)
     for name in _TEXT_COLUMNS:
-        out[name] = np.array(cols[name], copy=True)
-    for row in picked:
-        objects = np.unique(last[row][phrase[row]])
-        if objects.size:
-            for name in _TEXT_COLUMNS:
-                values = out[name][row]
-                values[np.isin(values, objects)] = replacement
+        values = np.array(cols[name], copy=True)
+        flat = values[picked].reshape(picked.size, -1)  # [P,K] every token of the clip's texts of this column
+        hit = (flat[:, :, None] == objects[:, None, :]).any(-1)
+        values[picked] = np.where(hit, replacement, flat).reshape(values[picked].shape)
+        out[name] = values
     return out
 
 

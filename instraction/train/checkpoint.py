@@ -14,7 +14,9 @@ fewest rows, in order) and the local shuffle is seeded by (seed, rank, epoch), s
 repeated or skipped. Limits: it holds for the same data, world size and batch size; the skipped batches are
 read and decoded again (Ray Data cannot seek); with a different world size (ZeRO stage 0 only: stages 1-3 save the
 optimizer state partitioned for the world size that wrote it, and loading refuses) the run resumes from rank 0's
-position with a warning, and the data order then differs from an uninterrupted run.
+position with a warning, and the data order then differs from an uninterrupted run. With ``data.worker_cache`` an
+epoch is a permutation seeded by (seed, rank, epoch) of the rows the worker read once, so a resume starts at its
+batch without reading anything again; the same limits hold.
 """
 
 from __future__ import annotations

@@ -49,14 +49,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_EXECUTION_FIELDS = ("decode_concurrency", "decode_batch_size", "decode_num_cpus", "read_num_cpus", "prefetch_batches",
+                     "shuffle_buffer", "materialize", "worker_cache", "worker_cache_max_gib")
+"""``data`` fields that change how the rows are produced or fed, never which rows (the pipeline's rows are the same)."""
+
+
 def _rows_key(cfg: Config) -> str:
     """What the decoded training rows depend on: the data section (less ``augment``, which the collate applies
-    later), the split, the seed that picks each clip's negatives, and the annotation files (a re-curated table is
-    a new cache)."""
+    later, and the fields that only say how the pipeline runs: :data:`_EXECUTION_FIELDS`), the split, the seed that
+    picks each clip's negatives, and the annotation files (a re-curated table is a new cache)."""
     annotations = Path(cfg.data.annotations)
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in annotations.glob("*.parquet")) \
         if annotations.is_dir() else []
-    data = {k: v for k, v in to_dict(cfg)["data"].items() if k != "augment"}
+    data = {k: v for k, v in to_dict(cfg)["data"].items() if k != "augment" and k not in _EXECUTION_FIELDS}
     blob = json.dumps([data, cfg.bench.holdout_fraction, cfg.bench.seed, cfg.run.seed, files],
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -101,7 +101,9 @@ class Trainer:
         self.stream = BatchStream(ray.train.get_dataset_shard("train"), cfg.train.batch_size, collate,
                                   epoch=self.state.epoch, batch_in_epoch=self.state.batch_in_epoch,
                                   prefetch=cfg.data.prefetch_batches, shuffle_buffer=cfg.data.shuffle_buffer,
-                                  seed=cfg.run.seed, rank=self.rank)
+                                  seed=cfg.run.seed, rank=self.rank, cache=cfg.data.worker_cache,
+                                  cache_max_gib=cfg.data.worker_cache_max_gib)
+        self.stream.fill_cache()  # data.worker_cache: the split is read here, before the first step is timed
         self.metric_logger = None
         if self.rank == 0 and loop_config.get("mlflow_run_id"):
             from instraction.tracking import MetricLogger
@@ -186,7 +188,8 @@ class Trainer:
         payload = {**metrics, **self._counters(), **self.phases.means_ms(), "torch_threads": torch.get_num_threads(),
                    "bf16_autocast": float(self.cfg.train.precision == "bf16-mixed"), "step": self.state.step,
                    "samples_seen": sum_over_ranks(self.state.samples_seen, self.device),
-                   "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s}
+                   "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s,
+                   "cache_fill_s": self.stream.cache_fill_s}
         if not save:
             ray.train.report(payload)
             return

@@ -85,13 +85,13 @@ class PlainEngine:
     (``--zero -1``): a reference that shows what the engine itself costs, not a training path."""
 
     def __init__(self, model: torch.nn.Module, train):
-        from instraction.train.engine import param_groups
+        from instraction.train.engine import adamw, param_groups
 
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(train.precision, torch.float32)
         self.module = model.to(dtype)
         self.dtype = dtype
         self.autocast = train.precision == "bf16-mixed"
-        self.optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr)
+        self.optimizer = adamw(param_groups(model, train.weight_decay), train)
         self.grad_clip = train.grad_clip
         self._norm = None
 
