@@ -289,6 +289,21 @@ def test_checkpoint_restores_model_optimizer_scheduler_and_rng(tmp_path, process
     assert resumed["temperature"].shape == ()  # the 0-dim parameter keeps its shape through DeepSpeed
 
 
+def test_resume_keeps_this_runs_optimizer_kernel(tmp_path, process_group, monkeypatch):
+    """A checkpoint written by a run whose AdamW was not fused does not switch the fused kernel off on resume."""
+    cfg = th.tiny_config(tmp_path, "train.zero_stage=0")
+    unfused = lambda groups, train: torch.optim.AdamW(groups, lr=train.lr)  # noqa: E731
+    with monkeypatch.context() as m:
+        m.setattr(engine, "adamw", unfused)
+        old, old_opt = build_engine(th.ToyModel(), cfg.train)
+    _run(old, build_scheduler(old_opt, 2, 10, 0.1), _batches(1))
+    ckpt.save(old, build_scheduler(old_opt, 2, 10, 0.1), ckpt.TrainState(step=1), tmp_path / "ck", 0, 1)
+    new, opt = build_engine(th.ToyModel(), cfg.train)
+    assert opt.defaults["fused"]
+    ckpt.load(new, build_scheduler(opt, 2, 10, 0.1), tmp_path / "ck", 0, 1)
+    assert all(g["fused"] for g in opt.param_groups) and opt.state  # its state loaded, its own kernel kept
+
+
 def test_export_has_full_shapes_and_metadata(tmp_path, process_group):
     from safetensors import safe_open
 
@@ -342,14 +357,32 @@ def test_seeded_shuffle_is_reproducible_per_epoch(rows_iterator):
     assert a == b and a[:5] != a[5:]  # same run -> same order; the next epoch is shuffled differently
 
 
+class _CountingShard:
+    """A Ray Data iterator that counts how often it is read."""
+
+    def __init__(self, shard):
+        self.shard, self.calls = shard, []
+
+    def iter_batches(self, **kwargs):
+        self.calls.append("iter_batches")
+        return self.shard.iter_batches(**kwargs)
+
+    def iter_torch_batches(self, **kwargs):
+        self.calls.append("iter_torch_batches")
+        return self.shard.iter_torch_batches(**kwargs)
+
+
 @pytest.mark.integration
 def test_cached_stream_reads_once_and_permutes_every_epoch(rows_iterator):
-    stream = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=3, rank=1)
-    ids = _ids(stream, 10)
+    shard = _CountingShard(rows_iterator)
+    stream = BatchStream(shard, 4, th.toy_collate, cache=True, seed=3, rank=1)
+    ids = _ids(stream, 14)  # into a third epoch
+    assert shard.calls == ["iter_batches"]  # read once, whatever the number of epochs
+    ids = ids[:10]
     epochs = [sorted(sum(ids[i:i + 5], [])) for i in (0, 5)]
     assert all(len(e) == 20 and len(set(e)) == 20 and set(e) <= set(range(22)) for e in epochs)  # full batches
     assert ids[:5] != ids[5:]  # each epoch its own permutation
-    assert stream.cache_fill_s > 0 and (stream.epoch, stream.batch_in_epoch) == (1, 5)
+    assert stream.cache_fill_s > 0 and (stream.epoch, stream.batch_in_epoch) == (2, 4)
     again = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=3, rank=1)
     assert _ids(again, 10) == ids  # seeded by (seed, rank, epoch)
     other_rank = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=3, rank=0)
@@ -359,8 +392,9 @@ def test_cached_stream_reads_once_and_permutes_every_epoch(rows_iterator):
 @pytest.mark.integration
 def test_cached_stream_resumes_exactly_without_rereading(rows_iterator):
     straight = _ids(BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1), 12)
-    resumed = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1, epoch=1, batch_in_epoch=2)
-    assert _ids(resumed, 5) == straight[7:12] and resumed.resume_skip_s == 0
+    shard = _CountingShard(rows_iterator)
+    resumed = BatchStream(shard, 4, th.toy_collate, cache=True, seed=1, epoch=1, batch_in_epoch=2)
+    assert _ids(resumed, 5) == straight[7:12] and shard.calls == ["iter_batches"]
     at_end = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1, epoch=0, batch_in_epoch=5)
     assert _ids(at_end, 2) == straight[5:7]  # a checkpoint after an epoch's last batch resumes at the next epoch
     too_far = BatchStream(rows_iterator, 4, th.toy_collate, cache=True, seed=1, batch_in_epoch=6)

@@ -13,11 +13,14 @@ its batch without reading anything twice.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 
 class BatchStream:
@@ -42,6 +45,9 @@ class BatchStream:
         self.epoch, self.batch_in_epoch = epoch, batch_in_epoch
         self.prefetch, self.shuffle_buffer, self.seed, self.rank = prefetch, shuffle_buffer, seed, rank
         self.cache, self.cache_max_gib = cache, cache_max_gib
+        if cache and shuffle_buffer:
+            log.warning("data.shuffle_buffer=%d does not apply with data.worker_cache: every epoch is a full "
+                        "permutation of the cached split", shuffle_buffer)
         self.rows: dict[str, np.ndarray] | None = None
         self.resume_skip_s = 0.0
         """Seconds spent reading past the batches consumed before a resume."""
@@ -54,7 +60,8 @@ class BatchStream:
             self.rows = self._read_split()
 
     def _read_split(self) -> dict[str, np.ndarray]:
-        """The whole split as numpy columns, read once; refused when it outgrows ``cache_max_gib``."""
+        """The whole split as numpy columns, read once; refused when its arrays outgrow ``cache_max_gib`` (while the
+        columns are joined, the process briefly holds about twice that)."""
         start, parts, nbytes = time.perf_counter(), [], 0
         for part in self.shard.iter_batches(batch_size=256, batch_format="numpy", prefetch_batches=1):
             nbytes += sum(np.asarray(v).nbytes for v in part.values())

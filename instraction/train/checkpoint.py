@@ -94,6 +94,17 @@ def save(engine, scheduler, state: TrainState, directory: str | Path, rank: int,
                worker_file(directory, rank))
 
 
+def keep_kernel_choice(optimizer) -> None:
+    """A loaded optimizer state brings the saving run's param-group options, among them torch's kernel choice
+    (``fused`` / ``foreach``): put back this run's own (``engine.adamw`` decides where the fused kernel runs)."""
+    if optimizer is None:
+        return
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+
+
 def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -> TrainState:
     """Restore model, optimizer, scheduler, this rank's TrainState and RNG from ``directory``.
 
@@ -113,6 +124,7 @@ def load(engine, scheduler, directory: str | Path, rank: int, world_size: int) -
     if path is None:
         raise FileNotFoundError(f"no DeepSpeed state under {directory}/{STATE_TAG}")
     restore_position(scheduler, client_state["scheduler"])  # the step; the schedule is this run's config
+    keep_kernel_choice(getattr(scheduler, "optimizer", None))
     own = worker_file(directory, rank)
     same_world = saved_world == world_size and own.exists()
     if not same_world:
