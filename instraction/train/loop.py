@@ -104,6 +104,7 @@ class Trainer:
                                   seed=cfg.run.seed, rank=self.rank, cache=cfg.data.worker_cache,
                                   cache_max_gib=cfg.data.worker_cache_max_gib)
         self.stream.fill_cache()  # data.worker_cache: the split is read here, before the first step is timed
+        self.start_step = self.state.step  # reported: where this attempt began (0, or the checkpoint it resumed)
         self.metric_logger = None
         if self.rank == 0 and loop_config.get("mlflow_run_id"):
             from instraction.tracking import MetricLogger
@@ -189,7 +190,8 @@ class Trainer:
                    "bf16_autocast": float(self.cfg.train.precision == "bf16-mixed"), "step": self.state.step,
                    "samples_seen": sum_over_ranks(self.state.samples_seen, self.device),
                    "batch_in_epoch": self.state.batch_in_epoch, "resume_skip_s": self.stream.resume_skip_s,
-                   "cache_fill_s": self.stream.cache_fill_s}
+                   "cache_fill_s": self.stream.cache_fill_s,
+                   "start_step": self.start_step}
         if not save:
             ray.train.report(payload)
             return
