@@ -38,7 +38,7 @@ def test_training_rows_are_decoded_once_and_cached(learn_env, monkeypatch):
     monkeypatch.setattr(pipeline, "training_dataset", lambda *a, **k: pytest.fail("read again"))
     again = lb.training_rows(cfg)
     assert [r["key"] for r in again] == [r["key"] for r in rows]
-    other = lb.load_config(None, [*learn_env[1], "data.max_negatives=2"])  # another data config: another cache
+    other = lb.load_config(None, [*learn_env[1], "data.max_negatives=3"])  # another data config: another cache
     assert lb._rows_key(other) != lb._rows_key(cfg)
     for same in ("model.perceiver.layers=2", "data.augment.object_dropout=0.5", "data.augment.hflip=0.0",
                  "data.worker_cache=false", "data.materialize=true", "data.read_num_cpus=0.5"):

@@ -68,7 +68,7 @@ def mlflow_client(cfg):
 
 def test_zero2_run_trains_and_is_tracked_in_mlflow(uninterrupted):
     cfg, result = uninterrupted
-    assert result["steps"] == STEPS
+    assert result["steps"] == STEPS and result["metrics"]["start_step"] == 0
     assert result["checkpoint"].endswith(f"checkpoint_{STEPS:08d}")
     assert result["data_accounting"]["train"]["samples_seen"] == STEPS * 2 * 4
     client = mlflow_client(cfg)
@@ -114,7 +114,7 @@ def test_resumed_run_continues_with_identical_weights(tmp_path, dataset, uninter
     first_id = (tmp_path / "run" / "mlflow_run_id").read_text()
     result = train(cfg, tmp_path / "run", dataset)
     assert result["steps"] == STEPS and result["mlflow_run_id"] == first_id
-    assert result["metrics"]["resume_skip_s"] >= 0
+    assert result["metrics"]["resume_skip_s"] >= 0 and result["metrics"]["start_step"] == EVERY
     expected = load_file(uninterrupted[1]["weights"])
     got = load_file(result["weights"])
     assert expected.keys() == got.keys()
