@@ -452,7 +452,10 @@ def training_dataset(cfg, split: str = "train", accounting=None,
         num_cpus=cfg.data.decode_num_cpus,
     )
     if cfg.data.materialize:
-        decoded = decoded.materialize()  # read + decode run once, here; epochs then iterate the stored blocks
+        # read + decode run once, here; epochs then iterate the stored blocks. In order: the blocks, so each worker's
+        # split and the order it permutes, are then the same on every run of a config (repeatable runs at a seed)
+        decoded.context.execution_options.preserve_order = True
+        decoded = decoded.materialize()
     return ClipPipeline(decoded, accounting)
 
 
