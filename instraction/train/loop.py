@@ -118,7 +118,6 @@ class Trainer:
         t = self.cfg.train
         batches = iter(self.stream)
         tick = started = time.perf_counter()
-        first_step = self.state.step
         metrics: dict[str, float] = {}
         while self.state.step < t.max_steps:
             batch, wait_s = next(batches)
@@ -147,7 +146,7 @@ class Trainer:
                 tick = time.perf_counter()
         if t.export_weights and self.weights_at != self.state.step:  # nothing ran (resumed at the end, max_steps 0)
             self._report(metrics, save=True, export=True, suffix="_final")
-        log.info("rank %d: steps %d-%d in %.1f s", self.rank, first_step, self.state.step,
+        log.info("rank %d: steps %d-%d in %.1f s", self.rank, self.start_step, self.state.step,
                  time.perf_counter() - started)
 
     def step(self, batch: dict) -> dict[str, float]:
