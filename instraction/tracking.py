@@ -180,9 +180,11 @@ def finish_run(cfg: Config, run_id: str, status: str = "FINISHED") -> None:
 
 
 class MetricLogger:
-    """Rank 0's per-step metric sink: ``log`` queues, a daemon thread writes batches, ``close`` flushes.
+    """Rank 0's per-step metric sink: ``log`` queues, a daemon thread writes batches, ``flush`` writes what is
+    queued now (before a checkpoint is reported: a run resumed from that checkpoint never redoes those steps, so
+    steps queued but unwritten when a node dies would be missing from the curve), ``close`` flushes and stops.
 
-    The training step never waits on the tracking store (a SQLite commit or an HTTP round trip).
+    Between checkpoints the training step never waits on the tracking store (a SQLite commit or an HTTP round trip).
     """
 
     def __init__(self, uri: str, run_id: str, flush_every_s: float = 1.0):
@@ -192,6 +194,7 @@ class MetricLogger:
         self._flush_every_s = flush_every_s
         self._stop = threading.Event()
         self._error: Exception | None = None
+        self._lock = threading.Lock()  # one writer at a time: the thread's batches and flush() keep step order
         self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
         self._thread.start()
 
@@ -202,26 +205,28 @@ class MetricLogger:
         for k, v in metrics.items():
             self._queue.put(Metric(k, float(v), now, step))
 
-    def _drain(self) -> None:
-        batch = []
-        while True:
+    def flush(self) -> None:
+        """Write every metric queued so far, in the calling thread (errors are reported, never raised)."""
+        with self._lock:
+            batch = []
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if not batch:
+                return
             try:
-                batch.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        if not batch:
-            return
-        try:
-            log_batch(self._client, self.run_id, batch)
-        except Exception as err:  # tracking must never kill training; report once
-            if self._error is None:
-                log.error("MLflow logging failed (metrics dropped): %s", err)
-            self._error = err
+                log_batch(self._client, self.run_id, batch)
+            except Exception as err:  # tracking must never kill training; report once
+                if self._error is None:
+                    log.error("MLflow logging failed (metrics dropped): %s", err)
+                self._error = err
 
     def _run(self) -> None:
         while not self._stop.wait(self._flush_every_s):
-            self._drain()
-        self._drain()
+            self.flush()
+        self.flush()
 
     def close(self) -> None:
         self._stop.set()

@@ -46,7 +46,7 @@ def test_two_node_run_survives_losing_a_node(tmp_path):
     # redid 5 steps at checkpoints every 4), so the bound is one lost checkpoint, not one interval.
     resumed_from, steps = out["start_step"], out["loss_steps"]
     assert resumed_from >= EVERY and resumed_from % EVERY == 0, resumed_from
-    assert sorted(set(steps)) == list(range(1, STEPS + 1))  # every step logged (rank 0's unflushed ones redone)
+    assert sorted(set(steps)) == list(range(1, STEPS + 1))  # every step logged: rank 0 flushes before a checkpoint
     repeated = sorted(s for s, n in Counter(steps).items() if n > 1)
     assert repeated == list(range(resumed_from + 1, resumed_from + 1 + len(repeated))), (resumed_from, repeated)
     assert len(repeated) < 2 * EVERY, repeated

@@ -465,6 +465,21 @@ def test_open_run_reuses_the_run_of_a_run_dir(tmp_path):
 
 
 @pytest.mark.integration
+def test_metric_logger_flush_writes_what_is_queued_now(tmp_path):
+    from mlflow import MlflowClient
+
+    cfg = th.tiny_config(tmp_path)
+    run_id = tracking.open_run(cfg, str(tmp_path))
+    logger = tracking.MetricLogger(tracking.tracking_uri(cfg), run_id, flush_every_s=3600)  # the thread never wakes
+    for step in range(1, 4):
+        logger.log(step, {"loss": float(step)})
+    logger.flush()  # what a checkpoint does before it is reported
+    history = MlflowClient(tracking_uri=tracking.tracking_uri(cfg)).get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    logger.close()
+
+
+@pytest.mark.integration
 def test_metric_logger_never_raises_into_training(tmp_path):
     logger = tracking.MetricLogger(f"sqlite:///{tmp_path}/m.db", "no-such-run", flush_every_s=0.05)
     logger.log(1, {"loss": 1.0})

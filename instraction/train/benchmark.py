@@ -142,7 +142,8 @@ def ray_run(cfg, rows: list[dict], warmup: int) -> dict:
     global_batch = cfg.train.batch_size * cfg.train.num_workers
     return {"samples_per_s": global_batch * len(times) / sum(times), "step_time_s": float(np.median(times)),
             "data_wait_share": float(np.mean(wait)), "peak_rss_gib_rank0": result["metrics"]["peak_rss_gib"],
-            "peak_tree_rss_gib": memory.peak / 2**30}
+            "peak_tree_rss_gib": memory.peak / 2**30,
+            "rank0_phase_ms": {k: v for k, v in result["metrics"].items() if k.startswith("phase_")}}
 
 
 def main(argv: list[str] | None = None) -> int:

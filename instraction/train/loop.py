@@ -138,6 +138,8 @@ class Trainer:
             final = self.state.step == t.max_steps
             if final or self.state.step % t.checkpoint_every == 0:
                 with self.phases("checkpoint"):
+                    if self.metric_logger:  # every step up to the checkpoint is in the store before it is reported
+                        self.metric_logger.flush()
                     self._report(metrics, save=True, export=final and t.export_weights)
                 tick = time.perf_counter()  # checkpoint time is not step time
             elif self.state.step % t.report_every == 0:
