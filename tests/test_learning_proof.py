@@ -24,6 +24,9 @@ ones: both bars guard it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -65,3 +68,7 @@ def test_default_run_learns_motion_not_objects(tmp_path, ray_local):
     assert comp["questions"]["unseen"] >= 50 and comp["questions"]["seen"] >= 50
     assert comp["unseen"]["R@1"] >= 2 * max(static["semantic"]["R@1"], static_comp["unseen"]["R@1"])
     assert comp["seen"]["R@1"] - comp["unseen"]["R@1"] <= MAX_UNSEEN_GAP
+    # the trained model is scored under every temporal control, the untrained baseline on normal clips only
+    results = json.loads((Path(summary["run_dir"]) / "bench" / "results.json").read_text())
+    assert set(results["InstrAction (trained)"]["controls"]) == {"reversed", "shuffled", "static"}
+    assert results["untrained"]["controls"] == {} and results["untrained"]["semantic"]["R@1"] >= 0

@@ -197,7 +197,7 @@ class DataConfig:
     """Nn: hard negatives per clip in a batch (padded, neg_mask marks real ones)."""
 
     decode_concurrency: int = 1
-    """Ray Data actors decoding video (CPU)."""
+    """Ray Data actors decoding video (CPU) beside training (streaming; see ``materialize``)."""
     decode_batch_size: int = 16
     """Rows per map_batches call of the decode actors."""
     decode_num_cpus: float = 1.0
@@ -219,7 +219,8 @@ class DataConfig:
     """A split larger than this in one worker's cache stops the run with an error instead of exhausting memory."""
     materialize: bool = False
     """Decode the training split once into Ray's object store and iterate that every epoch (data that fits, like
-    SynthKitchen); off streams every epoch (HowTo100M). Rows are the same either way."""
+    SynthKitchen); off streams every epoch (HowTo100M). Rows are the same either way. Materialised, each read task
+    decodes its own shard (the decode_* actor settings apply to streaming only)."""
     frames: Optional[str] = None
     """The frames store of jobs/extract_frames.py (a directory or s3://): training reads its frames instead of
     decoding video; None decodes (README, "Data feed at paper settings")."""

@@ -35,7 +35,10 @@ extraction): ``missing_frames``, ``stale_frames`` (extracted from other shard by
 (``undecodable_video``, ``decode_error``: the same as decoding here would give).
 
 With ``data.materialize`` the graph runs once, inside :func:`training_dataset` (``Dataset.materialize()``), and
-every epoch iterates the stored blocks instead of restarting the read/decode pipeline; the rows are the same.
+every epoch iterates the stored blocks instead of restarting the read/decode pipeline; the rows are the same. As
+nothing trains beside it, the decode step there is a task function (:func:`decode_in_task`, the same
+:class:`DecodeClips`) that Ray Data fuses into the read task: each shard is read and decoded by one task, as many at
+once as ``data.read_num_cpus`` lets fit (one actor decoding every shard left a core idle: README, session 15).
 
 Accounting: every clip read ends in exactly one of delivered / excluded_by_split / dropped[reason]. Reasons:
 the reader's (``corrupt_tar``, ``missing_mp4``, ``empty_video``, ``missing_json``, ``bad_json``, ``bad_caption``,
@@ -443,20 +446,35 @@ def training_dataset(cfg, split: str = "train", accounting=None,
     read = partial(read_shard, data=cfg.data, holdout=(cfg.bench.holdout_fraction, cfg.bench.seed), split=split,
                    per_video=not store, accounting=accounting, frames_store=store, truth_negatives=truth_negatives)
     videos = _shard_dataset(cfg, split).flat_map(read, num_cpus=cfg.data.read_num_cpus)
-    decoded = videos.map_batches(
-        DecodeClips,
-        fn_constructor_kwargs={"data": cfg.data, "seed": cfg.run.seed, "accounting": accounting},
-        batch_size=cfg.data.decode_batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency),
-        num_cpus=cfg.data.decode_num_cpus,
-    )
-    if cfg.data.materialize:
-        # read + decode run once, here; epochs then iterate the stored blocks. In order: the blocks, so each worker's
-        # split and the order it permutes, are then the same on every run of a config (repeatable runs at a seed)
-        decoded.context.execution_options.preserve_order = True
-        decoded = decoded.materialize()
-    return ClipPipeline(decoded, accounting)
+    decode = {"data": cfg.data, "seed": cfg.run.seed, "accounting": accounting}
+    if not cfg.data.materialize:
+        decoded = videos.map_batches(DecodeClips, fn_constructor_kwargs=decode, batch_size=cfg.data.decode_batch_size,
+                                     batch_format="pyarrow", num_cpus=cfg.data.decode_num_cpus,
+                                     compute=ray.data.ActorPoolStrategy(size=cfg.data.decode_concurrency))
+        return ClipPipeline(decoded, accounting)
+    # read + decode run once, here; epochs then iterate the stored blocks. Nothing trains beside them, so a shard is
+    # decoded in its own read task (Ray Data fuses the two maps): as many shards at once as read tasks fit, instead
+    # of every shard through the decode actors. In order: the blocks, so each worker's split and the order it
+    # permutes, are then the same on every run of a config (repeatable runs at a seed).
+    # batch_size None: a batch size would keep Ray Data from fusing a map after a flat_map (it could change row counts)
+    decoded = videos.map_batches(decode_in_task, fn_kwargs=decode, batch_size=None, batch_format="pyarrow",
+                                 num_cpus=cfg.data.read_num_cpus)
+    decoded.context.execution_options.preserve_order = True
+    return ClipPipeline(decoded.materialize(), accounting)
+
+
+_TASK_DECODERS: dict[tuple, "DecodeClips"] = {}
+
+
+def decode_in_task(batch, data: DataConfig, seed: int, accounting=None) -> dict[str, np.ndarray]:
+    """:class:`DecodeClips` as a task function (``data.materialize``): one decoder (and tokenizer) per worker
+    process and (tokenizer, seed), reused by the tasks that process runs."""
+    key = (data.tokenizer, seed)
+    if key not in _TASK_DECODERS:
+        _TASK_DECODERS[key] = DecodeClips(data, seed)
+    decoder = _TASK_DECODERS[key]
+    decoder.data, decoder.accounting = data, accounting  # this task's settings; the tokenizer is what is reused
+    return decoder(batch)
 
 
 def format_report(report: dict) -> str:

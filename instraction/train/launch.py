@@ -208,9 +208,10 @@ def cpus_needed(cfg: Config, side_by_side: bool | None = None) -> float:
     readers side by side. With ``data.materialize`` the read + decode run once, to completion, before the workers
     start, so only the larger of the two phases counts. ``side_by_side=True`` gives the sum either way
     (jobs/pretrain.py sizes its local Ray so: spare logical CPUs cost nothing there and leave room for Ray Data's
-    own helpers)."""
+    own helpers). Materialised, the read tasks decode their shards themselves: no decode actor is started."""
     t, d = cfg.train, cfg.data
-    train, decode = t.num_workers * t.cpus_per_worker, d.decode_concurrency * d.decode_num_cpus + d.read_num_cpus
+    train = t.num_workers * t.cpus_per_worker
+    decode = d.read_num_cpus + (0 if d.materialize else d.decode_concurrency * d.decode_num_cpus)
     if side_by_side is None:
         side_by_side = not d.materialize
     return train + decode if side_by_side else max(train, decode)
