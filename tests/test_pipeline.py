@@ -107,9 +107,11 @@ def test_annotation_table_is_joined_shard_by_shard(ray_local, dirs, tmp_path):
 
 
 @pytest.mark.integration
-def test_bad_input_counted_exactly_and_never_crashes(ray_local, dirs):
+@pytest.mark.parametrize("materialize", ["false", "true"])  # decode actors / decode in the read task
+def test_bad_input_counted_exactly_and_never_crashes(ray_local, dirs, materialize):
     bad = dirs["bad"]
-    cfg = make_cfg(dirs["mixed_dir"], os.path.join(dirs["root"], "no-annotations"), "data.decode_concurrency=1")
+    cfg = make_cfg(dirs["mixed_dir"], os.path.join(dirs["root"], "no-annotations"), "data.decode_concurrency=1",
+                   f"data.materialize={materialize}")
     pipe = pipeline.training_dataset(cfg, split="all")
     keys = sorted(consume(pipe.dataset)["key"])
     assert keys == sorted(set(bad["good_keys"]) - set(bad["undecodable"]))
