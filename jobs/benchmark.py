@@ -4,7 +4,7 @@
     python jobs/benchmark.py kernels      # Triton kernels vs references / FlexAttention / SDPA (GPU; interpreter check on CPU)
     python jobs/benchmark.py data         # Ray Data read+decode+sample pipeline vs raw PyAV / decord decoding
     python jobs/benchmark.py curation     # rules backend captions/s; hf backend vs raw generate
-    python jobs/benchmark.py train        # Ray Train + DeepSpeed ZeRO-2 (2 workers) vs a plain PyTorch loop
+    python jobs/benchmark.py train        # Ray Train + DeepSpeed (2 workers) vs a plain PyTorch loop, interleaved
     python jobs/benchmark.py step         # the paper-scale training step on one GPU (--tiny: default model, CPU)
     python jobs/benchmark.py e2e          # wall time per stage and peak memory of the default run
     python jobs/benchmark.py learn        # what a config learns per step (bench scores), one process, no Ray Train

@@ -54,9 +54,10 @@ def storage_filesystem(cfg: Config, storage_path: str):
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs)), path
 
 
-def loop_config(cfg: Config, run_dir: str, mlflow_run_id: str | None,
-                model_builder: Callable | None = None, collate: Callable | None = None) -> dict[str, Any]:
-    """What every worker receives: the resolved config as YAML (plain data), the run dir, the MLflow run."""
+def loop_config(cfg: Config, run_dir: str, mlflow_run_id: str | None, model_builder: Callable | None = None,
+                collate: Callable | None = None, after_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """What every worker receives: the resolved config as YAML (plain data), the run dir, the MLflow run, and the
+    optional callables of :func:`run_training`."""
     return {
         "config_yaml": to_yaml(cfg),
         "run_dir": resolve(run_dir),
@@ -64,6 +65,7 @@ def loop_config(cfg: Config, run_dir: str, mlflow_run_id: str | None,
         "mlflow_run_id": mlflow_run_id,
         "model_builder": model_builder,
         "collate": collate,
+        "after_step": after_step,
     }
 
 
@@ -127,7 +129,7 @@ def has_previous_run(cfg: Config, run_dir: str) -> bool:
 
 
 def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, model_builder: Callable | None = None,
-                 collate: Callable | None = None) -> dict[str, Any]:
+                 collate: Callable | None = None, after_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train (or resume) the run in ``run_dir`` on ``datasets["train"]``; returns the run's outcome:
 
     - ``steps``: training steps done; ``checkpoint``: path/URI of the last checkpoint;
@@ -138,7 +140,9 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
 
     ``model_builder(cfg, vocab_size) -> nn.Module`` and ``collate(numpy rows) -> batch`` replace the defaults
     (``instraction.model.instraction.build_model``; ``instraction.data.examples.Collate`` seeded per rank, which
-    applies ``data.augment``; a collate passed here is used as is, without augmentation).
+    applies ``data.augment``; a collate passed here is used as is, without augmentation). ``after_step(step)``
+    runs on every rank after each step (the step's metrics logged, before its checkpoint), outside the timed step:
+    the train benchmark holds the workers there while it times its single-process reference.
     """
     from instraction.train.callbacks import FailureLogger, ProgressPrinter, file_size, follow
 
@@ -157,8 +161,8 @@ def run_training(cfg: Config, run_dir: str, datasets: Mapping[str, Any], *, mode
     callbacks = [ProgressPrinter(cfg.train.max_steps, path=progress)]
     if run_id:
         callbacks.append(FailureLogger(tracking.tracking_uri(cfg), run_id))
-    trainer = build_trainer(cfg, run_dir, datasets, loop_config(cfg, run_dir, run_id, model_builder, collate),
-                            callbacks)
+    trainer = build_trainer(cfg, run_dir, datasets,
+                            loop_config(cfg, run_dir, run_id, model_builder, collate, after_step), callbacks)
     stop = threading.Event()
     follower = (threading.Thread(target=follow, args=(progress, stop), kwargs={"start": file_size(progress)},
                                  daemon=True) if progress else None)

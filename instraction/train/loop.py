@@ -105,6 +105,7 @@ class Trainer:
                                   cache_max_gib=cfg.data.worker_cache_max_gib)
         self.stream.fill_cache()  # data.worker_cache: the split is read here, before the first step is timed
         self.start_step = self.state.step  # reported: where this attempt began (0, or the checkpoint it resumed)
+        self.after_step = loop_config.get("after_step")
         self.metric_logger = None
         if self.rank == 0 and loop_config.get("mlflow_run_id"):
             from instraction.tracking import MetricLogger
@@ -135,6 +136,9 @@ class Trainer:
                 with self.phases("log"):
                     self.metric_logger.log(self.state.step, metrics)
             self.phases.add("step", time.perf_counter() - now + elapsed)
+            if self.after_step:  # e.g. the train benchmark holding the workers between its measured segments
+                self.after_step(self.state.step)
+                tick = time.perf_counter()  # not step time
             final = self.state.step == t.max_steps
             if final or self.state.step % t.checkpoint_every == 0:
                 with self.phases("checkpoint"):
