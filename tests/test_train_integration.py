@@ -105,6 +105,19 @@ def test_samples_seen_sums_what_each_worker_trained_on(tmp_path, dataset, mlflow
     assert result["data_accounting"]["train"]["samples_seen"] == 4 * 4 + 4 * 3
 
 
+def test_after_step_runs_on_every_rank_in_workers_with_fixed_malloc_thresholds(tmp_path, dataset, mlflow_db):
+    cfg = th.tiny_config(tmp_path, mlflow_db, "train.max_steps=3", "train.checkpoint_every=3", "train.max_failures=0")
+    record = tmp_path / "steps.txt"
+    run_training(cfg, str(tmp_path / "run"), {"train": dataset}, model_builder=th.toy_model_builder,
+                 collate=th.toy_collate, after_step=th.RecordSteps(record))
+    lines = [line.split() for line in record.read_text().splitlines()]
+    by_pid: dict[str, list[int]] = {}
+    for pid, step, _ in lines:
+        by_pid.setdefault(pid, []).append(int(step))
+    assert sorted(by_pid.values()) == [[1, 2, 3], [1, 2, 3]]  # two workers, each step once, in order
+    assert {threshold for _, _, threshold in lines} == {str(32 * 2**20)}
+
+
 def test_resumed_run_continues_with_identical_weights(tmp_path, dataset, uninterrupted, mlflow_db):
     """Crash after step 6 with no retries (checkpoint at 4), then fit the same run dir again: it resumes at step 4
     and ends with the uninterrupted run's exact weights (same data, same order, nothing repeated or skipped)."""

@@ -579,13 +579,26 @@ def test_relative_sqlite_tracking_uri_resolves_against_the_working_directory(tmp
 def test_gpu_workers_run_without_cublaslt_addmm_unless_told(monkeypatch, tmp_path):
     from instraction.train.launch import worker_environment
 
-    cpu = th.tiny_config(tmp_path).train
+    cpu = th.tiny_config(tmp_path, "train.fixed_malloc_thresholds=false").train
     assert worker_environment(cpu) == {"DS_ACCELERATOR": "cpu"}
     gpu = dataclasses.replace(cpu, use_gpu=True)
     monkeypatch.delenv("DISABLE_ADDMM_CUDA_LT", raising=False)
     assert worker_environment(gpu) == {"DS_ACCELERATOR": "cuda", "DISABLE_ADDMM_CUDA_LT": "1"}
     monkeypatch.setenv("DISABLE_ADDMM_CUDA_LT", "0")  # the driver's choice reaches the workers
     assert worker_environment(gpu)["DISABLE_ADDMM_CUDA_LT"] == "0"
+
+
+def test_workers_get_fixed_malloc_thresholds_unless_told(monkeypatch, tmp_path):
+    from instraction.train.launch import worker_environment
+
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    train = th.tiny_config(tmp_path).train  # on by default
+    assert worker_environment(train) == {"DS_ACCELERATOR": "cpu", "MALLOC_MMAP_THRESHOLD_": str(32 * 2**20),
+                                         "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)}
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")  # the driver's value wins
+    assert worker_environment(train)["MALLOC_TRIM_THRESHOLD_"] == "0"
+    assert "MALLOC_MMAP_THRESHOLD_" not in worker_environment(dataclasses.replace(train, fixed_malloc_thresholds=False))
 
 
 def test_phase_times_are_per_step_means_and_per_call_for_checkpoints():

@@ -133,3 +133,16 @@ def precision_on_ranks(rank: int, natives: list[bool], port: int, out_dir: str) 
         dist.destroy_process_group()
     with open(os.path.join(out_dir, str(rank)), "w") as f:
         f.write(got)
+
+
+class RecordSteps:
+    """``after_step`` that appends (rank's pid, step, the worker's MALLOC_MMAP_THRESHOLD_) to a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __call__(self, step: int) -> None:
+        import os
+
+        with open(self.path, "a") as f:
+            f.write(f"{os.getpid()} {step} {os.environ.get('MALLOC_MMAP_THRESHOLD_')}\n")

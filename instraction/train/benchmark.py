@@ -16,7 +16,10 @@ collated by the same ``instraction.data.examples.Collate``:
 - one worker's share (context): the plain loop on 1 thread with the per-worker batch. ``workers`` x its rate is
   what perfect data parallelism would reach, so Ray / that is the parallel efficiency. The plain global-batch loop
   can be slower than that: the contrastive and alignment losses compare every pair in the batch (O(B^2)), which
-  data parallelism splits into per-rank blocks.
+  data parallelism splits into per-rank blocks;
+- independent (context): ``workers`` such loops side by side, sharing nothing, timed by the slower: data
+  parallelism without any exchange, under the same contention for the cores as the workers. Ray / that is the
+  cost of the exchange, the ranks waiting for each other, Ray Train and DeepSpeed.
 
 Interleaved, because this machine's speed drifts by up to 1.7x within minutes (two back-to-back runs of the
 earlier before / Ray / after layout gave 55% and 85%). The Ray run is cut into segments of ``--segment`` steps: at
@@ -119,7 +122,10 @@ class PlainProcess:
         self.pid = self.facts()["pid"]
 
     def segment(self, steps: int) -> list[float]:
-        return self.pool.submit(_plain_segment, steps).result()
+        return self.start_segment(steps).result()
+
+    def start_segment(self, steps: int):
+        return self.pool.submit(_plain_segment, steps)
 
     def facts(self) -> dict[str, Any]:
         return self.pool.submit(_plain_facts).result()
@@ -230,10 +236,20 @@ class TreeCPU:
         self._thread.join()
 
 
-def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess], segment: int) -> dict:
-    """Run Ray Train for ``cfg.train.max_steps`` steps, timing one segment of every plain loop while its ranks
-    wait at the end of each of its segments. Returns the Ray run's step times and metrics, the plain loops' step
-    times per round, and per round the gate's times, the plain segments' wall window and Ray's CPU meanwhile."""
+def run_segment(plain: PlainProcess | list[PlainProcess], steps: int) -> list[float]:
+    """One segment of a plain loop, or of several side by side; for several, each step is charged the slower
+    process's mean step (so a group of independent processes reads as one loop of their summed batch)."""
+    if isinstance(plain, PlainProcess):
+        return plain.segment(steps)
+    slowest = max(sum(f.result()) for f in [p.start_segment(steps) for p in plain])
+    return [slowest / steps] * steps
+
+
+def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess | list[PlainProcess]], segment: int) -> dict:
+    """Run Ray Train for ``cfg.train.max_steps`` steps, timing one segment of every plain loop (or group of loops
+    run side by side) while its ranks wait at the end of each of its segments. Returns the Ray run's step times and
+    metrics, the plain loops' step times per round, and per round the gate's times, the plain segments' wall window
+    and Ray's CPU meanwhile."""
     import ray
 
     rounds = cfg.train.max_steps // segment
@@ -249,7 +265,8 @@ def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess], segment:
     plain_times: dict[str, list[list[float]]] = {name: [] for name in plains}
     windows, held_cpu, held_by_name = [], [], {}
     cores = len(os.sched_getaffinity(0))
-    with TreeCPU({p.pid for p in plains.values()}) as tree:
+    pids = {p.pid for group in plains.values() for p in (group if isinstance(group, list) else [group])}
+    with TreeCPU(pids) as tree:
         runner = threading.Thread(target=train, daemon=True)
         runner.start()
         for r in range(1, rounds + 1):
@@ -260,7 +277,7 @@ def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess], segment:
                 time.sleep(0.02)
             cpu, start = tree.cpu_s(), time.time()
             for name, plain in plains.items():
-                plain_times[name].append(plain.segment(segment))
+                plain_times[name].append(run_segment(plain, segment))
             end = time.time()
             used = {name: seconds - cpu.get(name, 0.0) for name, seconds in tree.cpu_s().items()}
             held_cpu.append(sum(used.values()) / (end - start) / cores)
@@ -289,7 +306,8 @@ def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warm
     def rate(times: list[list[float]], batch: int, rounds=kept) -> float:
         return batch * sum(len(times[i]) for i in rounds) / sum(sum(times[i]) for i in rounds)
 
-    plain = {name: rate(times, global_batch) for name, times in run["plain_times"].items() if name != "share"}
+    context = ("share", "independent")
+    plain = {name: rate(times, global_batch) for name, times in run["plain_times"].items() if name not in context}
     best = max(plain, key=plain.get)
     ray_rate = rate(ray_rounds, global_batch)
     per_round = [rate(ray_rounds, global_batch, [i]) / rate(run["plain_times"][best], global_batch, [i])
@@ -301,6 +319,9 @@ def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warm
         "ray_samples_per_s": ray_rate,
         "plain_samples_per_s_by_threads": plain, "best_plain": best, "plain_samples_per_s": plain[best],
         "one_worker_share_samples_per_s": share, "parallel_efficiency": ray_rate / (workers * share),
+        **({"independent_samples_per_s": rate(run["plain_times"]["independent"], global_batch),
+            "ray_vs_independent": ray_rate / rate(run["plain_times"]["independent"], global_batch)}
+           if "independent" in run["plain_times"] else {}),
         "rounds": len(kept), "round_ratio_median": float(np.median(per_round)),
         "round_ratio_range": [float(min(per_round)), float(max(per_round))], "round_ratios": per_round,
         "ray_step_ms_median": 1e3 * float(np.median([t for i in kept for t in ray_rounds[i]])),
@@ -350,13 +371,15 @@ def main(argv: list[str] | None = None) -> int:
     plains = {f"{n}_thread{'s' * (n > 1)}": PlainProcess(cfg_yaml, rows, global_batch, n)
               for n in sorted({args.workers, 1})}
     plains["share"] = PlainProcess(cfg_yaml, rows, args.batch_size, 1)
+    plains["independent"] = [PlainProcess(cfg_yaml, rows, args.batch_size, 1) for _ in range(args.workers)]
     try:
         with ray_session(num_cpus=len(cores)):
             run = interleaved(cfg, rows, plains, args.segment)
-        facts = {name: plain.facts() for name, plain in plains.items()}
+        facts = {name: plain.facts() for name, plain in plains.items() if isinstance(plain, PlainProcess)}
     finally:
-        for plain in plains.values():
-            plain.close()
+        for group in plains.values():
+            for plain in group if isinstance(group, list) else [group]:
+                plain.close()
     results = {"global_batch": global_batch, "workers": args.workers, "cores": cores, "steps": args.steps,
                "segment": args.segment, "warmup": args.warmup, "zero_stage": args.zero_stage,
                **summarise(run, global_batch, args.batch_size, args.segment, args.warmup), "goal": 0.85,
@@ -371,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nRay Train + DeepSpeed / plain PyTorch ({results['best_plain'].replace('_', ' ')}) = "
           f"{results['ratio']:.1%} over {results['rounds']} interleaved rounds (goal >= 85%; per round: median "
           f"{results['round_ratio_median']:.1%}, {lo:.1%}-{hi:.1%}); {results['ray_samples_per_s']:.1f} against "
-          f"{results['plain_samples_per_s']:.1f} samples/s; parallel efficiency {results['parallel_efficiency']:.1%}; "
+          f"{results['plain_samples_per_s']:.1f} samples/s; parallel efficiency {results['parallel_efficiency']:.1%} "
+          f"(Ray / {args.workers} independent 1-thread processes side by side: {results['ray_vs_independent']:.1%}); "
           f"Ray's processes took {results['ray_cpu_while_held']:.1%} of the cores while the workers waited")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))

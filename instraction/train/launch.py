@@ -106,13 +106,21 @@ def build_trainer(cfg: Config, run_dir: str, datasets: Mapping[str, Any], train_
     )
 
 
+# glibc malloc, fixed instead of adaptive thresholds (train.fixed_malloc_thresholds): allocations up to 32 MiB
+# (the mmap threshold's maximum) come from the heap, and freed memory is returned to the OS only above 4 GiB.
+FIXED_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
+
+
 def worker_environment(train) -> dict[str, str]:
     """Environment of the training workers. On GPUs PyTorch's cuBLASLt addmm is off unless the driver's
     environment says otherwise: at the ViT's odd row count (B x 1569 tokens) it picked sm75 kernels that took
-    ~40% of the step on an H200 (README, "Paper scale on a GPU")."""
+    ~40% of the step on an H200 (README, "Paper scale on a GPU"). With ``train.fixed_malloc_thresholds`` glibc's
+    malloc thresholds are fixed (FIXED_MALLOC_ENV; a value in the driver's environment wins)."""
     env = {"DS_ACCELERATOR": "cuda" if train.use_gpu else "cpu"}
     if train.use_gpu:
         env["DISABLE_ADDMM_CUDA_LT"] = os.environ.get("DISABLE_ADDMM_CUDA_LT", "1")
+    if train.fixed_malloc_thresholds:
+        env.update({name: os.environ.get(name, value) for name, value in FIXED_MALLOC_ENV.items()})
     return env
 
 
