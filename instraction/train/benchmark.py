@@ -27,8 +27,9 @@ the end of each, every rank waits (``run_training(after_step=...)``, outside the
 one segment of each plain loop; the plain loops live in persistent processes and go on where they stopped. Each
 round (one Ray segment and the plain segments after it) sees the same machine, and the ratio sums the rounds after
 ``--warmup`` steps. Per-round ratios are reported too: their spread is the noise left. While the workers wait,
-Ray's own processes still run (raylet, GCS, the controller's polls, idle actors); the CPU they take then is
-reported as ``ray_cpu_while_held`` (a share of the cores, by process name too): the plain reference pays it here.
+Ray's own processes still run (raylet, GCS, the controller's polls, idle actors, and this driver with its
+once-a-second memory sampler); the CPU they take then is reported as ``ray_cpu_while_held`` (a share of the cores,
+by process name too, over the rounds kept): the plain reference pays it here.
 
 Step time: Ray = rank 0's ``step_time_s`` (its wait for the other rank and for data included, checkpoints and
 reports excluded); plain = its loop's step including the collate. Peak memory: plain = each process's peak RSS;
@@ -253,6 +254,7 @@ def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess | list[Pla
     import ray
 
     rounds = cfg.train.max_steps // segment
+    cfg.train.max_failures = 0  # a restarted worker group would redo steps past gates already released
     gate = ray.remote(num_cpus=0)(Gate).remote(cfg.train.num_workers)
     outcome: dict[str, Any] = {}
 
@@ -263,43 +265,50 @@ def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess | list[Pla
             outcome["error"] = err
 
     plain_times: dict[str, list[list[float]]] = {name: [] for name in plains}
-    windows, held_cpu, held_by_name = [], [], {}
+    windows, held_cpu, held_by_name = [], [], []
     cores = len(os.sched_getaffinity(0))
     pids = {p.pid for group in plains.values() for p in (group if isinstance(group, list) else [group])}
     with TreeCPU(pids) as tree:
         runner = threading.Thread(target=train, daemon=True)
         runner.start()
-        for r in range(1, rounds + 1):
-            while not ray.get(gate.ready.remote(r)):
-                if not runner.is_alive():
-                    raise RuntimeError(f"the Ray Train run ended before segment {r} of {rounds}") from outcome.get(
-                        "error")
-                time.sleep(0.02)
-            cpu, start = tree.cpu_s(), time.time()
-            for name, plain in plains.items():
-                plain_times[name].append(run_segment(plain, segment))
-            end = time.time()
-            used = {name: seconds - cpu.get(name, 0.0) for name, seconds in tree.cpu_s().items()}
-            held_cpu.append(sum(used.values()) / (end - start) / cores)
-            for name, seconds in used.items():
-                held_by_name[name] = held_by_name.get(name, 0.0) + seconds / (end - start) / cores
-            windows.append((start, end))
-            ray.get(gate.release.remote(r))
+        try:
+            for r in range(1, rounds + 1):
+                while not ray.get(gate.ready.remote(r)):
+                    if not runner.is_alive():
+                        raise RuntimeError(f"the Ray Train run ended before segment {r} of {rounds}") from (
+                            outcome.get("error"))
+                    time.sleep(0.02)
+                cpu, start = tree.cpu_s(), time.time()
+                for name, plain in plains.items():
+                    plain_times[name].append(run_segment(plain, segment))
+                end = time.time()
+                used = {name: seconds - cpu.get(name, 0.0) for name, seconds in tree.cpu_s().items()}
+                held_cpu.append(sum(used.values()) / (end - start) / cores)
+                held_by_name.append({name: seconds / (end - start) / cores for name, seconds in used.items()})
+                windows.append((start, end))
+                ray.get(gate.release.remote(r))
+            gate_times = ray.get(gate.times.remote())
+        except BaseException:
+            ray.kill(gate)  # a rank waiting at the gate fails, and the run ends instead of waiting forever
+            runner.join(timeout=120)
+            raise
         runner.join()
-        gate_times = ray.get(gate.times.remote())
     if "error" in outcome:
         raise outcome["error"]
     return {**outcome["ray"], "plain_times": plain_times, "plain_windows": windows, "gate": gate_times,
-            "ray_cpu_while_held": held_cpu, "peak_tree_rss_gib": tree.peak_rss / 2**30,
-            "ray_cpu_while_held_by_process": {name: share / rounds for name, share in
-                                              sorted(held_by_name.items(), key=lambda kv: -kv[1]) if share > 0}}
+            "ray_cpu_while_held": held_cpu, "ray_cpu_while_held_by_process": held_by_name,
+            "peak_tree_rss_gib": tree.peak_rss / 2**30}
 
 
 def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warmup: int) -> dict:
     """Samples/s of each side over the rounds after ``warmup`` steps, the ratio, and the per-round ratios."""
     skip = -(-warmup // segment)  # whole segments
-    ray_rounds = [run["step_times"][i * segment:(i + 1) * segment] for i in range(len(run["plain_times"]["share"]))]
-    kept = range(skip, len(ray_rounds))
+    rounds = len(run["plain_times"]["share"])
+    if len(run["step_times"]) != rounds * segment:
+        raise ValueError(f"{len(run['step_times'])} Ray steps timed for {rounds} rounds of {segment}: steps were "
+                         "redone or lost")
+    ray_rounds = [run["step_times"][i * segment:(i + 1) * segment] for i in range(rounds)]
+    kept = range(skip, rounds)
     if not kept:
         raise ValueError(f"no round is left after the first {warmup} steps: raise --steps")
 
@@ -314,6 +323,11 @@ def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warm
                  for i in kept]
     share = rate(run["plain_times"]["share"], share_batch)
     workers = global_batch // share_batch
+    by_process: dict[str, float] = {}
+    for i in kept:
+        for name, value in run.get("ray_cpu_while_held_by_process", [{}] * rounds)[i].items():
+            by_process[name] = by_process.get(name, 0.0) + value / len(kept)
+    by_process = {k: round(v, 4) for k, v in sorted(by_process.items(), key=lambda kv: -kv[1]) if v > 0}
     return {
         "ratio": ray_rate / plain[best],
         "ray_samples_per_s": ray_rate,
@@ -326,6 +340,7 @@ def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warm
         "round_ratio_range": [float(min(per_round)), float(max(per_round))], "round_ratios": per_round,
         "ray_step_ms_median": 1e3 * float(np.median([t for i in kept for t in ray_rounds[i]])),
         "ray_cpu_while_held": float(np.mean([run["ray_cpu_while_held"][i] for i in kept])),
+        "ray_cpu_while_held_by_process": by_process,
     }
 
 
@@ -368,11 +383,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model of {args.config} + {args.overrides}; global batch {global_batch}; cores {cores}; "
           f"{args.steps // args.segment} rounds of {args.segment} steps a side", flush=True)
     cfg_yaml = to_yaml(cfg)
-    plains = {f"{n}_thread{'s' * (n > 1)}": PlainProcess(cfg_yaml, rows, global_batch, n)
-              for n in sorted({args.workers, 1})}
-    plains["share"] = PlainProcess(cfg_yaml, rows, args.batch_size, 1)
-    plains["independent"] = [PlainProcess(cfg_yaml, rows, args.batch_size, 1) for _ in range(args.workers)]
+    plains: dict[str, PlainProcess | list[PlainProcess]] = {}
     try:
+        for n in sorted({args.workers, 1}):
+            plains[f"{n}_thread{'s' * (n > 1)}"] = PlainProcess(cfg_yaml, rows, global_batch, n)
+        plains["share"] = PlainProcess(cfg_yaml, rows, args.batch_size, 1)
+        plains["independent"] = []
+        for _ in range(args.workers):
+            plains["independent"].append(PlainProcess(cfg_yaml, rows, args.batch_size, 1))
         with ray_session(num_cpus=len(cores)):
             run = interleaved(cfg, rows, plains, args.segment)
         facts = {name: plain.facts() for name, plain in plains.items() if isinstance(plain, PlainProcess)}
@@ -384,8 +402,6 @@ def main(argv: list[str] | None = None) -> int:
                "segment": args.segment, "warmup": args.warmup, "zero_stage": args.zero_stage,
                **summarise(run, global_batch, args.batch_size, args.segment, args.warmup), "goal": 0.85,
                "rank0_phase_ms": {k: v for k, v in run["metrics"].items() if k.startswith("phase_")},
-               "ray_cpu_while_held_by_process": {k: round(v, 4) for k, v in
-                                                 run["ray_cpu_while_held_by_process"].items()},
                "peak_rss_gib": {"ray_worker_rank0": run["metrics"]["peak_rss_gib"],
                                 "ray_tree": run["peak_tree_rss_gib"],
                                 **{f"plain_{name}": f["peak_rss_gib"] for name, f in facts.items()}}}

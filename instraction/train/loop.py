@@ -137,8 +137,9 @@ class Trainer:
                     self.metric_logger.log(self.state.step, metrics)
             self.phases.add("step", time.perf_counter() - now + elapsed)
             if self.after_step:  # e.g. the train benchmark holding the workers between its measured segments
+                held = time.perf_counter()
                 self.after_step(self.state.step)
-                tick = time.perf_counter()  # not step time
+                tick += time.perf_counter() - held  # not step time
             final = self.state.step == t.max_steps
             if final or self.state.step % t.checkpoint_every == 0:
                 with self.phases("checkpoint"):
