@@ -112,9 +112,9 @@ def drop_object_words(cols: Mapping[str, Any], p: float, rng: np.random.Generato
 @lru_cache(maxsize=4)
 def object_dropout_tokens(tokenizer: str) -> tuple[int, tuple[int, ...]]:
     """(the unknown token that ``drop_object_words`` writes, the begin / end tokens it skips) of ``data.tokenizer``."""
-    from instraction.data.tokenizer import build_tokenizer
+    from instraction.data.tokenizer import shared_tokenizer
 
-    tok = build_tokenizer(tokenizer)
+    tok = shared_tokenizer(tokenizer)
     unk = tok.unk_id
     ids, mask = tok([""], 8)  # an empty text is just the tokenizer's begin / end tokens
     specials = tuple(int(i) for i in ids[0][mask[0].bool()])

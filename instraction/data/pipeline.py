@@ -55,7 +55,6 @@ waiting for data is measured on the consumer side (:class:`instraction.train.bat
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
@@ -336,8 +335,10 @@ class DecodeClips:
     training row per clip window (module docstring)."""
 
     def __init__(self, data: DataConfig, seed: int = 0, accounting=None):
+        from instraction.data.tokenizer import shared_tokenizer
+
         self.data, self.seed, self.accounting = data, seed, accounting
-        self.tokenizer = _tokenizer(data.tokenizer)
+        self.tokenizer = shared_tokenizer(data.tokenizer)
 
     def _clips(self, batch) -> Iterator[tuple[dict, Optional[np.ndarray], Optional[str]]]:
         """``(window, frames, None)`` or ``(window, None, reason)`` for every clip of the batch."""
@@ -465,14 +466,6 @@ def training_dataset(cfg, split: str = "train", accounting=None,
 def decode_in_task(batch, data: DataConfig, seed: int, accounting=None) -> dict[str, np.ndarray]:
     """:class:`DecodeClips` as a task function (``data.materialize``); the tokenizer is built once per process."""
     return DecodeClips(data, seed, accounting)(batch)
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(spec: str):
-    """``build_tokenizer(spec)``, once per process (decode tasks of one worker process share it)."""
-    from instraction.data.tokenizer import build_tokenizer
-
-    return build_tokenizer(spec)
 
 
 def format_report(report: dict) -> str:

@@ -11,6 +11,7 @@ positions.
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from pathlib import Path
@@ -143,3 +144,10 @@ def build_tokenizer(spec: str) -> Tokenizer:
     if not Path(spec).exists():
         raise ValueError(f"data.tokenizer={spec!r}: neither 'words' nor an existing tokenizer directory")
     return HFTokenizer(spec)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_tokenizer(spec: str) -> Tokenizer:
+    """:func:`build_tokenizer`, once per process: for data code that runs in many tasks of one worker process
+    (decode tasks, collates); read-only use only."""
+    return build_tokenizer(spec)
