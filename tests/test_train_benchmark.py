@@ -45,9 +45,8 @@ def test_workers_wait_while_the_plain_loops_run_and_every_step_is_timed(ray_loca
     try:
         run = tb.interleaved(cfg, rows, plains, segment=2)
     finally:
-        for group in plains.values():
-            for plain in group if isinstance(group, list) else [group]:
-                plain.close()
+        for plain in tb.each_process(plains):
+            plain.close()
     assert len(run["step_times"]) == 6 and all(t > 0 for t in run["step_times"])
     assert [len(seg) for seg in run["plain_times"]["1_thread"]] == [2, 2, 2]
     assert [len(seg) for seg in run["plain_times"]["share"]] == [2, 2, 2]

@@ -237,6 +237,11 @@ class TreeCPU:
         self._thread.join()
 
 
+def each_process(plains: dict[str, PlainProcess | list[PlainProcess]]) -> list[PlainProcess]:
+    """Every process of ``plains`` (a value is one plain loop or a group run side by side)."""
+    return [p for group in plains.values() for p in (group if isinstance(group, list) else [group])]
+
+
 def run_segment(plain: PlainProcess | list[PlainProcess], steps: int) -> list[float]:
     """One segment of a plain loop, or of several side by side; for several, each step is charged the slower
     process's mean step (so a group of independent processes reads as one loop of their summed batch)."""
@@ -267,8 +272,7 @@ def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess | list[Pla
     plain_times: dict[str, list[list[float]]] = {name: [] for name in plains}
     windows, held_cpu, held_by_name = [], [], []
     cores = len(os.sched_getaffinity(0))
-    pids = {p.pid for group in plains.values() for p in (group if isinstance(group, list) else [group])}
-    with TreeCPU(pids) as tree:
+    with TreeCPU({p.pid for p in each_process(plains)}) as tree:
         runner = threading.Thread(target=train, daemon=True)
         runner.start()
         try:
@@ -282,9 +286,10 @@ def interleaved(cfg, rows: list[dict], plains: dict[str, PlainProcess | list[Pla
                 for name, plain in plains.items():
                     plain_times[name].append(run_segment(plain, segment))
                 end = time.time()
-                used = {name: seconds - cpu.get(name, 0.0) for name, seconds in tree.cpu_s().items()}
-                held_cpu.append(sum(used.values()) / (end - start) / cores)
-                held_by_name.append({name: seconds / (end - start) / cores for name, seconds in used.items()})
+                shares = {name: (seconds - cpu.get(name, 0.0)) / (end - start) / cores
+                          for name, seconds in tree.cpu_s().items()}
+                held_cpu.append(sum(shares.values()))
+                held_by_name.append(shares)
                 windows.append((start, end))
                 ray.get(gate.release.remote(r))
             gate_times = ray.get(gate.times.remote())
@@ -322,6 +327,7 @@ def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warm
     per_round = [rate(ray_rounds, global_batch, [i]) / rate(run["plain_times"][best], global_batch, [i])
                  for i in kept]
     share = rate(run["plain_times"]["share"], share_batch)
+    independent = rate(run["plain_times"]["independent"], global_batch) if "independent" in run["plain_times"] else None
     workers = global_batch // share_batch
     by_process: dict[str, float] = {}
     for i in kept:
@@ -333,9 +339,8 @@ def summarise(run: dict, global_batch: int, share_batch: int, segment: int, warm
         "ray_samples_per_s": ray_rate,
         "plain_samples_per_s_by_threads": plain, "best_plain": best, "plain_samples_per_s": plain[best],
         "one_worker_share_samples_per_s": share, "parallel_efficiency": ray_rate / (workers * share),
-        **({"independent_samples_per_s": rate(run["plain_times"]["independent"], global_batch),
-            "ray_vs_independent": ray_rate / rate(run["plain_times"]["independent"], global_batch)}
-           if "independent" in run["plain_times"] else {}),
+        **({"independent_samples_per_s": independent, "ray_vs_independent": ray_rate / independent}
+           if independent else {}),
         "rounds": len(kept), "round_ratio_median": float(np.median(per_round)),
         "round_ratio_range": [float(min(per_round)), float(max(per_round))], "round_ratios": per_round,
         "ray_step_ms_median": 1e3 * float(np.median([t for i in kept for t in ray_rounds[i]])),
@@ -395,9 +400,8 @@ def main(argv: list[str] | None = None) -> int:
             run = interleaved(cfg, rows, plains, args.segment)
         facts = {name: plain.facts() for name, plain in plains.items() if isinstance(plain, PlainProcess)}
     finally:
-        for group in plains.values():
-            for plain in group if isinstance(group, list) else [group]:
-                plain.close()
+        for plain in each_process(plains):
+            plain.close()
     results = {"global_batch": global_batch, "workers": args.workers, "cores": cores, "steps": args.steps,
                "segment": args.segment, "warmup": args.warmup, "zero_stage": args.zero_stage,
                **summarise(run, global_batch, args.batch_size, args.segment, args.warmup), "goal": 0.85,
